@@ -1,0 +1,188 @@
+"""The ``agentguard`` command: keygen, verify, policy check, pricing sync, spend, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agentguard_otel import config
+from agentguard_otel.errors import AgentGuardError
+from agentguard_otel.money import format_usd
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from agentguard_otel.receipts import SigningKey
+
+    key = SigningKey.generate(Path(args.path))
+    print(f"key id:      {key.key_id}")
+    print(f"private key: {args.path} (mode 0600)")
+    print(f"public key:  {args.path}.pub")
+    return 0
+
+
+class _Progress:
+    """A one-line progress bar on stderr, only when someone is watching."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        share = done / total
+        bar = "#" * int(share * 30)
+        print(f"\rverifying [{bar:<30}] {share:6.1%}", end="", file=sys.stderr, flush=True)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from agentguard_otel.receipts import load_public_keys, verify
+
+    keys = load_public_keys([Path(p) for p in args.public_key])
+    expect: dict[str, str] = {}
+    for item in args.expect_head:
+        chain, sep, head = item.rpartition("=")
+        if not sep or not chain or not head:
+            raise AgentGuardError(f"--expect-head takes CHAIN=HASH, got {item!r}")
+        expect[chain] = head
+    progress = _Progress(args.progress or sys.stderr.isatty())
+    try:
+        report = verify([Path(p) for p in args.paths], keys, expect_heads=expect or None, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"receipts checked: {report.receipts} in {len(report.chains)} chain(s)")
+        for chain, head in sorted(report.chains.items()):
+            print(f"  {chain}: {head['receipts']} receipts, head seq {head['seq']} {head['hash']}")
+        for file, line in report.torn:
+            print(f"TORN LINE: {file}:{line} (an append was interrupted)")
+        if report.first_error is not None:
+            err = report.first_error
+            print(f"FAILED: {err['file']}:{err['line']} chain {err['chain']} seq {err['seq']}: {err['reason']}")
+        else:
+            print("OK: every receipt verifies against the trusted keys")
+    return 0 if report.ok else 1
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from agentguard_otel.policy import load_policy
+
+    policy = load_policy(Path(args.path))
+    caps = sum(len(rule.caps) for rule in policy.rules)
+    print(f"{args.path}: OK — policy {policy.id} v{policy.version}, mode {policy.mode}, "
+          f"{len(policy.rules)} rule(s), {caps} cap(s), digest {policy.digest}")
+    return 0
+
+
+def _pricing_sync(args: argparse.Namespace) -> int:
+    from agentguard_otel.pricing import sync_openrouter_catalog
+
+    catalog = Path(args.catalog_dir) if args.catalog_dir else config.resolve({}).catalog_dir
+    count = sync_openrouter_catalog(args.source, catalog)
+    print(f"imported {count} OpenRouter model prices into {catalog}")
+    return 0
+
+
+def _spend(args: argparse.Namespace) -> int:
+    from agentguard_otel.ledger import open_ledger
+
+    url = args.ledger or config.resolve({}).ledger
+    ledger = open_ledger(url)
+    try:
+        states = ledger.states(args.prefix)
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps([{
+            "counter": s.key, "window_start": s.window_start.isoformat() if s.window_start else None,
+            "spent_nano": s.spent_nano, "held_nano": s.held_nano, "limit_nano": s.limit_nano,
+        } for s in states], indent=2))
+        return 0
+    print(spend_table(states))
+    return 0
+
+
+def spend_table(states: Sequence[object]) -> str:
+    """Current-window totals per counter, as a text table."""
+    rows = [("counter", "window start", "spent", "held", "limit", "used")]
+    for s in states:
+        used = (s.spent_nano + s.held_nano) / s.limit_nano if s.limit_nano else 0.0  # type: ignore[attr-defined]
+        start = s.window_start.isoformat(timespec="minutes") if s.window_start else "rolling"  # type: ignore[attr-defined]
+        rows.append((s.key, start, format_usd(s.spent_nano), format_usd(s.held_nano),  # type: ignore[attr-defined]
+                     format_usd(s.limit_nano), f"{used:.0%}"))  # type: ignore[attr-defined]
+    if len(rows) == 1:
+        return "no spend recorded in the current windows"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agentguard_otel.demo.run import run_demo
+
+    return run_demo(calls=args.calls)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentguard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="create an Ed25519 signing key (private 0600 + .pub)")
+    p.add_argument("path", nargs="?", default=str(config.data_dir() / "agentguard.key"))
+    p.set_defaults(func=_keygen)
+
+    p = sub.add_parser("verify", help="verify receipt logs against trusted public keys")
+    p.add_argument("paths", nargs="+", help="receipt files or directories")
+    p.add_argument("--public-key", action="append", required=True,
+                   help="trusted public key (PEM) or keys file; repeatable. Keys inside receipts are never trusted")
+    p.add_argument("--expect-head", action="append", default=[], metavar="CHAIN=HASH",
+                   help="the chain's last receipt hash as recorded elsewhere (span, log backend): detects truncation")
+    p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("policy", help="policy tools")
+    policy_sub = p.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="validate a policy file (errors name file, line and field)")
+    check.add_argument("path")
+    check.set_defaults(func=_policy_check)
+
+    p = sub.add_parser("pricing", help="price tables")
+    pricing_sub = p.add_subparsers(dest="pricing_command", required=True)
+    sync = pricing_sub.add_parser("sync", help="import an OpenRouter /api/v1/models catalog")
+    sync.add_argument("--from", dest="source", required=True, metavar="FILE|URL")
+    sync.add_argument("--catalog-dir", help="where the imported catalog is kept (default: the data directory)")
+    sync.set_defaults(func=_pricing_sync)
+
+    p = sub.add_parser("spend", help="current window totals per scope counter")
+    p.add_argument("--ledger", help="ledger URL (default: AGENTGUARD_LEDGER or the embedded SQLite ledger)")
+    p.add_argument("--prefix", default="", help="only counters whose key starts with this (e.g. a rule id)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_spend)
+
+    p = sub.add_parser("demo", help="a short guarded agent loop against a built-in local endpoint")
+    p.add_argument("--calls", type=int, default=12, help="agent loop iterations")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (AgentGuardError, OSError, ValueError) as exc:
+        print(f"agentguard: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

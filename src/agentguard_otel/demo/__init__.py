@@ -1,0 +1,1 @@
+"""Built-in local OpenAI-compatible endpoint for `agentguard demo`, benchmarks and tests."""

@@ -1,0 +1,142 @@
+"""``agentguard demo``: a short agent loop through the real ``openai`` SDK, under a sample policy,
+showing allow, downgrade and block, then spend per scope and verification of the receipts written.
+
+It talks to the built-in local OpenAI-compatible endpoint, or to OpenRouter when
+``OPENROUTER_API_KEY`` is set. The signing key is the embedded default (generated on first use);
+the ledger and receipts of each run go to a fresh folder under the data directory, so a run always
+starts from an empty budget and its receipts stay around to inspect.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor, config, scope
+from agentguard_otel.cli import spend_table
+from agentguard_otel.money import format_usd
+from agentguard_otel.receipts import load_public_keys, verify
+
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+def demo_policy(big: str, small: str) -> dict[str, Any]:
+    """The sample policy: review work downgrades, then stops; a runaway sub-agent is cut off;
+    payments need a capability the agent does not hold."""
+    return {
+        "version": 1,
+        "id": "demo",
+        "mode": "enforce",
+        "unknown_model": "block",
+        "rules": [
+            {"id": "code-review", "match": {"team": "engineering", "task": "code-review"}, "per": "user",
+             "max_output_tokens": 256,
+             "caps": [
+                 {"limit_usd": "0.004", "window": "day", "action": "downgrade", "downgrade_to": small},
+                 {"limit_usd": "0.005", "window": "day", "action": "block", "reason": "daily review budget spent"},
+             ]},
+            {"id": "summarizer", "match": {"task": "summarize"}, "max_output_tokens": 512,
+             "caps": [{"limit_usd": "0.0012", "window": "minute", "action": "block", "reason": "runaway loop"}]},
+            {"id": "payments", "match": {"task": "payment-approval"}, "require_capability": "payment_execute",
+             "models": {"allow": [big]}},
+        ],
+    }
+
+
+@contextmanager
+def _endpoint() -> Iterator[tuple[str, str, str, str]]:
+    """(base_url, api_key, big model, small model): OpenRouter if a key is set, else the local one."""
+    key = os.environ.get("OPENROUTER_API_KEY")
+    if key:
+        yield OPENROUTER_BASE_URL, key, "openai/gpt-4o", "openai/gpt-4o-mini"
+        return
+    from agentguard_otel.demo.server import LocalOpenAIServer
+
+    with LocalOpenAIServer() as server:
+        yield server.base_url, "sk-local-demo", "gpt-4o", "gpt-4o-mini"
+
+
+def run_demo(calls: int = 12) -> int:
+    import openai
+
+    home = config.data_dir()
+    run_dir = home / "demo" / time.strftime("%Y%m%dT%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key_path = config.resolve({}).signing_key
+    with _endpoint() as (base_url, api_key, big, small):
+        policy = demo_policy(big, small)
+        (run_dir / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+        instrumentor = AgentGuardInstrumentor()
+        instrumentor.instrument(policy=policy, signing_key=str(key_path), ledger=f"sqlite:///{run_dir / 'ledger.db'}",
+                                receipts=str(run_dir / "receipts"))
+        try:
+            print(f"endpoint: {base_url}\npolicy:   {run_dir / 'policy.yaml'}\n")
+            client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+            rows = _agent_loop(client, big, calls)
+            guard = instrumentor.guard
+            assert guard is not None
+            print(_table(rows))
+            print("\nspend per scope (current windows):")
+            print(spend_table(guard.ledger.states()))
+        finally:
+            instrumentor.uninstrument()
+    return _verify(run_dir, key_path, rows)
+
+
+def _agent_loop(client: Any, big: str, calls: int) -> list[tuple[str, str, str, str, str]]:
+    """Review steps for alice, a looping summarizer, one payment approval: (who, model asked,
+    action, model used, cost)."""
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def step(label: str, model: str, prompt: str, stream: bool = False) -> None:
+        try:
+            if stream:
+                chunks = list(client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": prompt}], stream=True))
+                used = next((c.model for c in chunks if c.model), model)
+            else:
+                used = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}]).model
+            rows.append((label, model, "allowed" if used == model else "downgraded", used, "sent"))
+        except AgentGuardBlocked as blocked:
+            rows.append((label, model, "BLOCKED", "-", blocked.reason))
+
+    with scope(tenant="acme", team="engineering", user="alice", task="code-review"):
+        for i in range(calls):
+            step(f"review #{i + 1}", big, f"Review hunk {i + 1} of the payment service diff.")
+    with scope(tenant="acme", team="engineering", agent="summarizer", task="summarize"):
+        for i in range(4):
+            step(f"summary #{i + 1}", big, "Summarise the review so far. " * 20, stream=True)
+    with scope(tenant="acme", team="finance", user="alice", task="payment-approval", capability="read_only"):
+        step("approve payment", big, "Approve invoice 4711.")
+    return rows
+
+
+def _table(rows: list[tuple[str, str, str, str, str]]) -> str:
+    header = ("step", "model asked", "decision", "model used", "note")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+
+
+def _verify(run_dir: Path, key_path: Path, rows: list[tuple[str, str, str, str, str]]) -> int:
+    report = verify([run_dir / "receipts"], load_public_keys([Path(f"{key_path}.pub")]))
+    actions = {r[2] for r in rows}
+    print(f"\nreceipts: {report.receipts} written to {run_dir / 'receipts'}")
+    if not report.ok:
+        print(f"receipt verification FAILED: {report.first_error}")
+        return 1
+    print(f"verified against {key_path}.pub: every receipt's hash, signature and chain link check out")
+    print(f"check them yourself: agentguard verify {run_dir / 'receipts'} --public-key {key_path}.pub")
+    missing = {"allowed", "downgraded", "BLOCKED"} - actions
+    if missing:
+        print(f"demo did not show: {', '.join(sorted(missing))}")
+        return 1
+    return 0
+
+
+__all__ = ["demo_policy", "format_usd", "run_demo"]

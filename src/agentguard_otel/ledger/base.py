@@ -1,0 +1,239 @@
+"""Ledger data types, the abstract contract and the window math every backend shares.
+
+Every backend (memory, SQLite, and later Redis, which reads the server's clock) places a counter
+in its window through :func:`window_slot` with an explicit ``now``, so all of them agree on where
+a window starts and ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+WindowName = Literal["minute", "hour", "day", "week", "month"]
+WINDOWS: frozenset[str] = frozenset(get_args(WindowName))
+
+#: Length of a rolling window in seconds. A rolling "month" is 30 days: calendar months differ in
+#: length, and a sliding window needs one fixed length.
+ROLLING_SECONDS: dict[str, int] = {
+    "minute": 60,
+    "hour": 3600,
+    "day": 86_400,
+    "week": 7 * 86_400,
+    "month": 30 * 86_400,
+}
+
+#: Stored ``window_start`` of a rolling counter. A rolling counter has a single row (its limit and
+#: live holds); its spend lives in time-stamped spend events instead of a per-window total.
+ROLLING_START = -1
+
+#: An expired hold is kept this long so that a late settlement still records its spend.
+HOLD_RETENTION_SECONDS = 86_400.0
+
+#: How often a backend drops dead holds, finished windows and slid-out spend events.
+GC_INTERVAL_SECONDS = 60.0
+
+Clock = Callable[[], float]
+"""Seconds since the epoch (``time.time`` by default: windows are wall-clock windows); injectable
+so tests can cross window boundaries and expire holds."""
+
+
+@functools.lru_cache(maxsize=64)
+def zone(name: str) -> ZoneInfo:
+    """The time zone called ``name``; a ValueError (not a KeyError) when there is none."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def check_nano(value: int, what: str) -> None:
+    """Money is a non-negative int of nano-USD; a float or bool here is a bug upstream."""
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an int of nano-USD, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {value}")
+
+
+def check_ttl(ttl_seconds: float) -> None:
+    """A hold that expires at once (or never) would defeat the expiry that frees crashed holds."""
+    if not ttl_seconds > 0 or ttl_seconds == float("inf"):
+        raise ValueError(f"ttl_seconds must be a positive finite number, got {ttl_seconds!r}")
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    """One (scope, cap) counter a call is checked and held against."""
+
+    key: str
+    limit_nano: int
+    window: WindowName
+    rolling: bool = False
+    timezone: str = "UTC"
+    enforce: bool = True
+
+    def __post_init__(self) -> None:
+        check_nano(self.limit_nano, "limit_nano")
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {sorted(WINDOWS)}, got {self.window!r}")
+        zone(self.timezone)
+
+
+@dataclass(frozen=True)
+class CounterState:
+    """A counter's totals in its current window (``window_start`` is None for rolling windows)."""
+
+    key: str
+    window_start: datetime | None
+    spent_nano: int
+    held_nano: int
+    limit_nano: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Outcome of :meth:`Ledger.reserve`."""
+
+    admitted: bool
+    hold_id: str | None
+    exceeded: tuple[CounterSpec, ...]
+    states: tuple[CounterState, ...]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where ``now`` falls for one counter.
+
+    ``start`` is the stored identity of the window: the epoch second a calendar window starts at,
+    or :data:`ROLLING_START`. ``since`` is set for rolling windows only: spend events stamped
+    after it (``since < ts``) count, i.e. the window is ``(now - length, now]``.
+    """
+
+    start: int
+    since: float | None
+
+
+@functools.lru_cache(maxsize=1024)
+def _calendar_start(window: str, timezone: str, now_second: int) -> int:
+    local = datetime.fromtimestamp(now_second, zone(timezone))
+    if window == "minute":
+        start = local.replace(second=0)
+    elif window == "hour":
+        # replace() keeps ``fold``, so the repeated hour of a DST fall-back is its own window.
+        start = local.replace(minute=0, second=0)
+    else:
+        # Fresh datetimes have fold=0: a local midnight that happens twice starts at its first
+        # occurrence, and one skipped by a DST gap maps to the instant the gap ends.
+        day = local.date()
+        if window == "week":
+            day -= timedelta(days=day.weekday())
+        elif window == "month":
+            day = day.replace(day=1)
+        start = datetime(day.year, day.month, day.day, tzinfo=local.tzinfo)
+    return int(start.timestamp())
+
+
+def window_slot(window: str, timezone: str, rolling: bool, now: float) -> Slot:
+    """The window of a counter at time ``now`` (seconds since the epoch).
+
+    Calendar windows align to the wall clock of ``timezone``: minute, hour, day (local midnight),
+    week (Monday 00:00) and month (the 1st, 00:00), DST-correct. Rolling windows slide over the
+    last :data:`ROLLING_SECONDS` of their name.
+    """
+    if rolling:
+        return Slot(ROLLING_START, rolling_cutoff(window, now))
+    # Windows start on whole seconds (zone offsets are whole seconds), so the float's fraction
+    # never moves a boundary; caching per second makes the hot path a dict lookup.
+    return Slot(_calendar_start(window, timezone, int(now // 1)), None)
+
+
+def rolling_cutoff(window: str, now: float) -> float:
+    """Spend events of a rolling window count when stamped after this instant."""
+    return now - ROLLING_SECONDS[window]
+
+
+@functools.lru_cache(maxsize=1024)
+def window_start_datetime(start: int, timezone: str) -> datetime | None:
+    """The stored window identity as shown to users: an aware datetime, or None when rolling."""
+    if start == ROLLING_START:
+        return None
+    return datetime.fromtimestamp(start, zone(timezone))
+
+
+def check_counters(counters: Sequence[CounterSpec]) -> tuple[CounterSpec, ...]:
+    """A key listed twice would be held twice in one reservation."""
+    specs = tuple(counters)
+    if len({spec.key for spec in specs}) != len(specs):
+        raise ValueError("a reservation lists the same counter key twice")
+    return specs
+
+
+def assess(specs: Sequence[CounterSpec], slots: Sequence[Slot], totals: Sequence[tuple[int, int]],
+           amount_nano: int, hold_id: Callable[[], str]) -> Reservation:
+    """Decide a reservation from each counter's (spent, held) before it.
+
+    Admitted only if no enforced counter would pass its limit; a limit reached exactly is
+    admitted. ``hold_id`` is called only on admission, so a denial never names a hold.
+    """
+    exceeded = tuple(spec for spec, (spent, held) in zip(specs, totals, strict=True)
+                     if spec.enforce and spent + held + amount_nano > spec.limit_nano)
+    admitted = not exceeded
+    added = amount_nano if admitted else 0
+    states = tuple(
+        CounterState(spec.key, window_start_datetime(slot.start, spec.timezone), spent, held + added,
+                     spec.limit_nano)
+        for spec, slot, (spent, held) in zip(specs, slots, totals, strict=True))
+    return Reservation(admitted, hold_id() if admitted else None, exceeded, states)
+
+
+def new_hold_id() -> str:
+    """128 random bits as 32 hex digits, so holds from many processes and hosts never collide
+    (what ``uuid4().hex`` gives, without building a UUID object on the hot path)."""
+    return secrets.token_hex(16)
+
+
+class Ledger(ABC):
+    """Reservation ledger: holds the price bound of a call against every cap it falls under.
+
+    Settling or releasing an unknown, already settled or released hold does nothing and returns
+    ``()``. An expired hold stops counting as held, but settling it later still records the spend
+    in the window the hold was made in (expired holds are kept :data:`HOLD_RETENTION_SECONDS`).
+    """
+
+    @abstractmethod
+    def reserve(self, counters: Sequence[CounterSpec], amount_nano: int, ttl_seconds: float) -> Reservation:
+        """Check and hold ``amount_nano`` on every counter in one atomic step."""
+
+    @abstractmethod
+    def settle(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+        """Replace the hold by the actual cost (which may exceed it)."""
+
+    @abstractmethod
+    def release(self, hold_id: str) -> None:
+        """Drop the hold and spend nothing."""
+
+    @abstractmethod
+    def renew(self, hold_id: str, ttl_seconds: float) -> None:
+        """Keep a live hold alive until ``ttl_seconds`` from now; an expired hold stays expired."""
+
+    @abstractmethod
+    def states(self, key_prefix: str = "") -> list[CounterState]:
+        """Current-window totals of every counter whose key starts with ``key_prefix``, by key."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free connections; the ledger must not be used afterwards."""
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,193 @@
+"""In-process ledger (``memory://``): dicts behind one lock. Shared by the threads of one process only."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentguard_otel.ledger.base import (
+    GC_INTERVAL_SECONDS,
+    HOLD_RETENTION_SECONDS,
+    ROLLING_START,
+    Clock,
+    CounterSpec,
+    CounterState,
+    Ledger,
+    Reservation,
+    assess,
+    check_counters,
+    check_nano,
+    check_ttl,
+    new_hold_id,
+    rolling_cutoff,
+    window_slot,
+    window_start_datetime,
+)
+
+_CounterId = tuple[str, int]
+
+
+@dataclass
+class _Counter:
+    spent: int
+    held: int
+    limit: int
+    window: str
+    timezone: str
+    touched: float
+
+
+@dataclass
+class _Hold:
+    amount: int
+    expires_at: float
+    live: bool  # True while ``amount`` is included in the ``held`` of each of its counters
+    counters: tuple[_CounterId, ...]
+
+
+class MemoryLedger(Ledger):
+    """The reference backend: the same contract as SQLite, without persistence."""
+
+    def __init__(self, *, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counters: dict[_CounterId, _Counter] = {}
+        self._holds: dict[str, _Hold] = {}
+        self._expiry: list[tuple[float, str]] = []  # heap; entries outdated by renew are skipped
+        # Spend events of rolling counters, a heap per key; a rolling row's ``spent`` is their total.
+        self._spend: dict[str, list[tuple[float, int]]] = {}
+        self._next_gc = 0.0
+
+    def reserve(self, counters: Sequence[CounterSpec], amount_nano: int, ttl_seconds: float) -> Reservation:
+        specs = check_counters(counters)
+        check_nano(amount_nano, "amount_nano")
+        check_ttl(ttl_seconds)
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            slots = [window_slot(spec.window, spec.timezone, spec.rolling, now) for spec in specs]
+            placed = list(zip(specs, slots, strict=True))
+            rows: list[_Counter] = []
+            totals: list[tuple[int, int]] = []
+            for spec, slot in placed:
+                row = self._counters.get((spec.key, slot.start))
+                if row is None:
+                    row = self._counters[(spec.key, slot.start)] = _Counter(
+                        0, 0, spec.limit_nano, spec.window, spec.timezone, now)
+                else:
+                    row.limit, row.window, row.timezone, row.touched = (
+                        spec.limit_nano, spec.window, spec.timezone, now)
+                if slot.since is not None:
+                    self._prune_rolling(spec.key, row, slot.since)
+                rows.append(row)
+                totals.append((row.spent, row.held))
+            reservation = assess(specs, slots, totals, amount_nano, new_hold_id)
+            if reservation.hold_id is not None:
+                for row in rows:
+                    row.held += amount_nano
+                expires_at = now + ttl_seconds
+                self._holds[reservation.hold_id] = _Hold(
+                    amount_nano, expires_at, True, tuple((spec.key, slot.start) for spec, slot in placed))
+                heapq.heappush(self._expiry, (expires_at, reservation.hold_id))
+            return reservation
+
+    def settle(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+        check_nano(actual_nano, "actual_nano")
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            hold = self._holds.pop(hold_id, None)
+            if hold is None:
+                return ()
+            states: list[CounterState] = []
+            for key, start in hold.counters:
+                row = self._counters[(key, start)]
+                if hold.live:
+                    row.held -= hold.amount
+                if start == ROLLING_START:
+                    self._prune_rolling(key, row, rolling_cutoff(row.window, now))
+                    heapq.heappush(self._spend.setdefault(key, []), (now, actual_nano))
+                row.spent += actual_nano
+                states.append(CounterState(key, window_start_datetime(start, row.timezone), row.spent,
+                                           row.held, row.limit))
+            return tuple(states)
+
+    def release(self, hold_id: str) -> None:
+        with self._lock:
+            self._expire(self._clock())
+            hold = self._holds.pop(hold_id, None)
+            if hold is not None and hold.live:
+                for counter_id in hold.counters:
+                    self._counters[counter_id].held -= hold.amount
+
+    def renew(self, hold_id: str, ttl_seconds: float) -> None:
+        check_ttl(ttl_seconds)
+        with self._lock:
+            now = self._clock()
+            hold = self._holds.get(hold_id)
+            if hold is not None and hold.live and hold.expires_at > now:
+                hold.expires_at = now + ttl_seconds
+                heapq.heappush(self._expiry, (hold.expires_at, hold_id))
+
+    def states(self, key_prefix: str = "") -> list[CounterState]:
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            latest: dict[str, tuple[int, _Counter]] = {}
+            for (key, start), row in self._counters.items():
+                if key.startswith(key_prefix) and (key not in latest or row.touched > latest[key][1].touched):
+                    latest[key] = (start, row)
+            states: list[CounterState] = []
+            for key in sorted(latest):
+                start, row = latest[key]
+                slot = window_slot(row.window, row.timezone, start == ROLLING_START, now)
+                current = self._counters.get((key, slot.start))
+                if current is not None and slot.since is not None:
+                    self._prune_rolling(key, current, slot.since)
+                spent, held = (current.spent, current.held) if current is not None else (0, 0)
+                states.append(CounterState(key, window_start_datetime(slot.start, row.timezone), spent, held,
+                                           row.limit))
+            return states
+
+    def close(self) -> None:
+        """Nothing to free: the ledger lives and dies with its dicts."""
+
+    def _prune_rolling(self, key: str, row: _Counter, since: float) -> None:
+        """Take the spend events that slid out of the window off the rolling counter's total."""
+        events = self._spend.get(key)
+        while events and events[0][0] <= since:
+            row.spent -= heapq.heappop(events)[1]
+
+    def _expire(self, now: float) -> None:
+        """Take holds that expired by ``now`` off their counters; collect garbage now and then."""
+        while self._expiry and self._expiry[0][0] <= now:
+            expires_at, hold_id = heapq.heappop(self._expiry)
+            hold = self._holds.get(hold_id)
+            if hold is not None and hold.live and hold.expires_at == expires_at:
+                hold.live = False
+                for counter_id in hold.counters:
+                    self._counters[counter_id].held -= hold.amount
+        if now >= self._next_gc:
+            self._next_gc = now + GC_INTERVAL_SECONDS
+            self._collect(now)
+
+    def _collect(self, now: float) -> None:
+        """Drop dead holds past retention, calendar windows that ended and are not referenced by
+        any hold, and spend events that slid out of their rolling window."""
+        for hold_id in [hid for hid, hold in self._holds.items()
+                        if not hold.live and hold.expires_at <= now - HOLD_RETENTION_SECONDS]:
+            del self._holds[hold_id]
+        referenced = {counter_id for hold in self._holds.values() for counter_id in hold.counters}
+        newest: dict[str, int] = {}
+        for key, start in self._counters:
+            newest[key] = max(start, newest.get(key, start))
+        for counter_id in [cid for cid, row in self._counters.items()
+                           if cid[1] != ROLLING_START and cid[1] < newest[cid[0]] and row.held == 0
+                           and cid not in referenced]:
+            del self._counters[counter_id]
+        for (key, start), row in self._counters.items():
+            if start == ROLLING_START:
+                self._prune_rolling(key, row, rolling_cutoff(row.window, now))

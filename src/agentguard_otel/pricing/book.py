@@ -1,0 +1,128 @@
+"""The price book: one lookup per (provider, model), answered from the user's overrides, an imported
+OpenRouter catalog, or the bundled genai-prices data, in that order, and cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agentguard_otel.pricing.bundled import bundled_price, genai_provider
+from agentguard_otel.pricing.estimate import actual_cost_nano, bound_cost_nano
+from agentguard_otel.pricing.openrouter import dashed_versions, load_catalog
+from agentguard_otel.pricing.overrides import OverrideSource, load_overrides
+from agentguard_otel.pricing.prices import ModelPrice, TokenUsage, free_price
+
+OPENROUTER = "openrouter"
+FREE_VARIANT = "free"
+"""OpenRouter's ``:free`` variants cost nothing: a known price of zero, not an unknown one."""
+PRICED_AS_BASE_VARIANTS = ("floor", "nitro")
+"""OpenRouter routing variants (cheapest / fastest provider) priced as their base model unless a
+source lists the variant itself."""
+CACHE_LIMIT = 10_000
+"""Distinct (provider, model) pairs kept; model names come from requests, so the cache is bounded."""
+
+_Entry = tuple[ModelPrice | None, float]
+
+
+class PriceBook:
+    """Prices by (provider, model). ``lookup`` resolves a pair once and then answers from a cache
+    (a dict hit), so pricing never slows the hot path."""
+
+    def __init__(self, overrides: OverrideSource = None, catalog_dir: Path | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``overrides``: a mapping or a YAML/JSON file of user prices (they win over everything);
+        ``catalog_dir``: where ``sync_openrouter_catalog`` wrote its catalog (wins over bundled data
+        for provider ``openrouter``); ``clock``: POSIX time, for choosing time-constrained prices."""
+        self._overrides = load_overrides(overrides)
+        self._catalog = load_catalog(catalog_dir) if catalog_dir is not None else {}
+        self._clock = clock
+        self._cache: dict[tuple[str, str], _Entry] = {}
+
+    def lookup(self, provider: str, model: str) -> ModelPrice | None:
+        """The price of ``model`` at ``provider``, or ``None`` when no source knows it.
+
+        The same object is returned until a time-constrained price (e.g. off-peak hours) changes.
+        """
+        key = (provider, model)
+        hit = self._cache.get(key)
+        if hit is not None and (hit[1] == math.inf or hit[1] > self._clock()):
+            return hit[0]
+        entry = self._resolve(provider, model)
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = entry
+        return entry[0]
+
+    def actual_cost_nano(self, price: ModelPrice, usage: TokenUsage) -> int:
+        """See :func:`agentguard_otel.pricing.estimate.actual_cost_nano`."""
+        return actual_cost_nano(price, usage)
+
+    def bound_cost_nano(self, price: ModelPrice, input_tokens: int, output_tokens: int) -> int:
+        """See :func:`agentguard_otel.pricing.estimate.bound_cost_nano`."""
+        return bound_cost_nano(price, input_tokens, output_tokens)
+
+    def _resolve(self, provider: str, model: str) -> _Entry:
+        """First match wins: overrides, the OpenRouter catalog (provider ``openrouter`` only), the
+        bundled data for the provider, OpenRouter's ``:free`` rule, then the OpenRouter model's
+        vendor in the bundled data. ``:floor``/``:nitro`` ids fall back to their base id at each
+        source. Returns the price and the POSIX time until which it holds."""
+        asked = provider.strip().lower()
+        source = genai_provider(asked)
+        canonical = source.id if source is not None else asked
+        name = model.strip()
+        base, colon, variant = name.rpartition(":")
+        openrouter = canonical == OPENROUTER
+        names = [name, base] if openrouter and colon and variant in PRICED_AS_BASE_VARIANTS else [name]
+
+        def found(price: ModelPrice) -> ModelPrice:
+            return dataclasses.replace(price, provider=provider, model=model)
+
+        for candidate in names:
+            override = self._override(asked, canonical, candidate)
+            if override is not None:
+                return found(override), math.inf
+        if openrouter:
+            for candidate in names:
+                listed = self._listed(candidate)
+                if listed is not None:
+                    return found(listed), math.inf
+        at = datetime.fromtimestamp(self._clock(), timezone.utc)
+        valid_until = math.inf
+        if source is not None:
+            for candidate in names:
+                price, until = bundled_price(source, candidate, at)
+                valid_until = min(valid_until, until)
+                if price is not None:
+                    return found(price), valid_until
+        if openrouter and colon and variant == FREE_VARIANT:
+            return free_price(provider, model, "openrouter"), math.inf
+        if openrouter and "/" in names[-1]:
+            price, until = self._vendor_price(names[-1], at)
+            if price is not None:
+                return found(price), min(valid_until, until)
+        return None, valid_until
+
+    def _override(self, provider: str, canonical: str, model: str) -> ModelPrice | None:
+        wanted = model.lower()
+        for key in (f"{provider}/{wanted}", f"{canonical}/{wanted}", wanted):
+            price = self._overrides.get(key)
+            if price is not None:
+                return price
+        return None
+
+    def _listed(self, model: str) -> ModelPrice | None:
+        wanted = model.lower()
+        return self._catalog.get(wanted) or self._catalog.get(dashed_versions(wanted))
+
+    def _vendor_price(self, model: str, at: datetime) -> tuple[ModelPrice | None, float]:
+        """An OpenRouter model (``openai/gpt-5-mini``) priced at its vendor (``openai``,
+        ``gpt-5-mini``): OpenRouter passes vendor prices through."""
+        vendor, _, vendor_model = model.partition("/")
+        source = genai_provider(vendor)
+        if source is None or source.id == OPENROUTER:
+            return None, math.inf
+        return bundled_price(source, vendor_model, at)

@@ -1,0 +1,213 @@
+"""OpenAI SDK adapter (also OpenRouter and any OpenAI-compatible ``base_url``)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from agentguard_otel.money import usd_to_nano
+from agentguard_otel.providers.base import ResponseInfo, UsageFields, get_path
+from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter
+from agentguard_otel.providers.stream import BodyReader
+
+OPENROUTER_HOST = "openrouter.ai"
+OPENAI_HOST = "api.openai.com"
+
+CHAT_USAGE = UsageFields(
+    input=("prompt_tokens",),
+    output=("completion_tokens",),
+    cache_read=("prompt_tokens_details", "cached_tokens"),
+    reasoning=("completion_tokens_details", "reasoning_tokens"),
+)
+RESPONSES_USAGE = UsageFields(
+    input=("input_tokens",),
+    output=("output_tokens",),
+    cache_read=("input_tokens_details", "cached_tokens"),
+    reasoning=("output_tokens_details", "reasoning_tokens"),
+)
+EMBEDDINGS_USAGE = UsageFields(input=("prompt_tokens",), output=("completion_tokens",))
+
+ENDPOINTS: Mapping[str, Endpoint] = {
+    "/chat/completions": Endpoint(
+        operation="chat",
+        input_fields=("messages", "tools", "functions", "response_format", "tool_choice", "prediction"),
+        item_field="messages",
+        max_output_fields=("max_completion_tokens", "max_tokens"),
+        multiplier_field="n",
+        stream_usage_option=True,
+    ),
+    "/responses": Endpoint(
+        operation="chat",
+        input_fields=("input", "instructions", "tools", "text", "tool_choice"),
+        item_field="input",
+        max_output_fields=("max_output_tokens",),
+    ),
+    "/completions": Endpoint(
+        operation="text_completion",
+        input_fields=("prompt", "suffix"),
+        item_field="prompt",
+        max_output_fields=("max_tokens",),
+        default_max_output=16,  # the legacy API's own default
+        multiplier_field="n",
+        stream_usage_option=True,
+    ),
+    "/embeddings": Endpoint(
+        operation="embeddings",
+        input_fields=("input",),
+        item_field="input",
+        produces_output=False,
+    ),
+}
+
+
+def provider_cost_nano(usage: Any) -> int | None:
+    """OpenRouter reports what it billed as ``usage.cost`` (USD); that figure is the actual cost."""
+    cost = get_path(usage, ("cost",))
+    if cost is None or isinstance(cost, bool):
+        return None
+    # Our own parser yields Decimal; the SDK's float is converted through its shortest repr,
+    # which is the decimal text the provider sent.
+    return usd_to_nano(repr(cost) if isinstance(cost, float) else cost)
+
+
+def _text_bytes(value: Any) -> int:
+    return len(value.encode("utf-8")) if isinstance(value, str) else 0
+
+
+class _Reader:
+    """Shared bookkeeping of every OpenAI response reader."""
+
+    usage_fields: UsageFields
+
+    def __init__(self) -> None:
+        self.info = ResponseInfo()
+        self.complete = False
+
+    def _read(self, obj: Any) -> None:
+        info = self.info
+        info.response_model = get_path(obj, ("model",)) or info.response_model
+        info.response_id = get_path(obj, ("id",)) or info.response_id
+        usage = get_path(obj, ("usage",))
+        if usage is not None:
+            info.usage = self.usage_fields.read(usage)
+            info.provider_cost_nano = provider_cost_nano(usage)
+
+
+class ChoicesReader(_Reader):
+    """Chat and legacy completions: ``choices`` with text, finish reasons, usage at the end."""
+
+    usage_fields = CHAT_USAGE
+
+    def __init__(self, hide_usage_chunk: bool) -> None:
+        super().__init__()
+        self.hide_usage_chunk = hide_usage_chunk
+
+    def on_body(self, body: Any) -> None:
+        self._read(body)
+        self.info.finish_reasons = [r for c in get_path(body, ("choices",)) or []
+                                    if (r := get_path(c, ("finish_reason",)))]
+        self.complete = True
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        info = self.info
+        choices = data.get("choices") or []
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            info.output_bytes += _text_bytes(delta.get("content")) + _text_bytes(choice.get("text"))
+            for call in delta.get("tool_calls") or []:
+                info.output_bytes += _text_bytes(get_path(call, ("function", "arguments")))
+            reason = choice.get("finish_reason")
+            if reason:
+                info.finish_reasons.append(reason)
+        if info.response_model is None or data.get("usage"):
+            self._read(data)
+        if data.get("usage"):
+            self.complete = True
+            return self.hide_usage_chunk and not choices
+        return False
+
+
+class ResponsesReader(_Reader):
+    """Responses API: the final ``response.completed`` (or incomplete/failed) event carries usage."""
+
+    usage_fields = RESPONSES_USAGE
+    _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+    def on_body(self, body: Any) -> None:
+        self._read(body)
+        status = get_path(body, ("status",))
+        reason = get_path(body, ("incomplete_details", "reason"))
+        if reason or status:
+            self.info.finish_reasons = [str(reason or status)]
+        self.complete = True
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        kind = data.get("type")
+        if kind == "response.output_text.delta":
+            self.info.output_bytes += _text_bytes(data.get("delta"))
+        elif kind in self._FINAL_EVENTS:
+            self.on_body(data.get("response") or {})
+        elif kind == "response.created":
+            self._read(data.get("response") or {})
+        return False
+
+
+class EmbeddingsReader(_Reader):
+    usage_fields = EMBEDDINGS_USAGE
+
+    def on_body(self, body: Any) -> None:
+        self._read(body)
+        self.complete = True
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        return False
+
+
+class OpenAIAdapter(StainlessAdapter):
+    module = "openai"
+    requirement = "openai >= 1.60"
+    endpoints = ENDPOINTS
+
+    def __init__(self) -> None:
+        self._wrappers = self._result_types()
+
+    def provider(self, client: Any) -> tuple[str, str]:
+        host = str(getattr(getattr(client, "base_url", None), "host", ""))
+        if host == OPENROUTER_HOST or host.endswith("." + OPENROUTER_HOST):
+            return "openrouter", "openrouter"
+        return "openai", "openai"
+
+    def is_image(self, part: Mapping[str, Any]) -> bool:
+        return part.get("type") in ("image_url", "input_image", "image_file")
+
+    def inject_field(self, endpoint: Endpoint, client: Any) -> str:
+        if endpoint.operation == "chat" and endpoint.max_output_fields[0] == "max_completion_tokens":
+            host = str(getattr(getattr(client, "base_url", None), "host", ""))
+            # OpenAI deprecated max_tokens for chat; compatible servers widely know only max_tokens.
+            return "max_completion_tokens" if host == OPENAI_HOST else "max_tokens"
+        return endpoint.max_output_fields[0]
+
+    def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
+        if prepared.path == "/responses":
+            return ResponsesReader()
+        if prepared.path == "/embeddings":
+            return EmbeddingsReader()
+        return ChoicesReader(hide_stream_usage)
+
+    def response_body(self, result: Any) -> Any | None:
+        streams, raw = self._wrappers
+        if isinstance(result, streams):
+            return result.response
+        if isinstance(result, raw):
+            return result.http_response
+        return None
+
+    @staticmethod
+    def _result_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+        """SDK result types that still hold an HTTP body: streams and raw-response wrappers."""
+        streaming = importlib.import_module("openai._streaming")
+        legacy = importlib.import_module("openai._legacy_response")
+        response = importlib.import_module("openai._response")
+        return ((streaming.Stream, streaming.AsyncStream),
+                (legacy.LegacyAPIResponse, response.BaseAPIResponse))

@@ -1,0 +1,256 @@
+"""The choke point of Stainless-generated SDKs (``openai``, ``anthropic``).
+
+Every request those SDKs make, whatever the calling style (``create``, ``parse``, ``.stream()``,
+``with_raw_response``, ``with_streaming_response``, clients built before ``instrument()``), passes
+through ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` with a ``FinalRequestOptions``
+(method, path, JSON body) and a ``stream`` flag. One wrapper there guards them all; the adapter
+says, as data, which paths are LLM calls and where their fields are.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.utils import unwrap
+
+from agentguard_otel.guard import Guard, GuardedCall
+from agentguard_otel.providers.base import InputMeasure, LLMRequest, RequestChanges, measure_input
+from agentguard_otel.providers.stream import BodyObserver, BodyReader, loads, observe_async, observe_sync
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One guarded API path and where its request fields live."""
+
+    operation: str  # semconv gen_ai.operation.name
+    input_fields: tuple[str, ...]  # body fields whose content is sent to the model
+    item_field: str | None  # the list whose entries each carry a per-message overhead
+    max_output_fields: tuple[str, ...] = ()  # caller-set output limits, any of which may be present
+    default_max_output: int | None = None  # what the API does when no limit is set
+    multiplier_field: str | None = None  # number of choices generated (``n``)
+    produces_output: bool = True
+    stream_usage_option: bool = False  # usage in a stream only when ``stream_options.include_usage``
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A recognised LLM call: the neutral request plus what is needed to rewrite and read it."""
+
+    request: LLMRequest
+    endpoint: Endpoint
+    path: str
+    body: Mapping[str, Any]
+
+
+class StainlessAdapter(ABC):
+    """Provider knowledge for one Stainless SDK; knows nothing of ledgers or receipts."""
+
+    module: str  # top-level package, e.g. "openai"
+    requirement: str  # pip requirement the adapter supports, e.g. "openai >= 1.60"
+    endpoints: Mapping[str, Endpoint]
+
+    @abstractmethod
+    def provider(self, client: Any) -> tuple[str, str]:
+        """(semconv provider name, price-book provider id) for a client."""
+
+    @abstractmethod
+    def is_image(self, part: Mapping[str, Any]) -> bool:
+        """Whether an input part is an image (bounded per image, not by its bytes)."""
+
+    @abstractmethod
+    def inject_field(self, endpoint: Endpoint, client: Any) -> str:
+        """The output-limit field to write when the caller set none."""
+
+    @abstractmethod
+    def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
+        """A fresh reader for this call's response body."""
+
+    @abstractmethod
+    def response_body(self, result: Any) -> Any | None:
+        """The HTTP response behind an SDK result (stream or raw wrapper), or None for a parsed object."""
+
+
+def _timeout_seconds(client: Any, options: Any) -> float | None:
+    """The longest the SDK may spend on this call, retries included, for the hold's expiry."""
+    timeout = getattr(options, "timeout", None)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        timeout = getattr(client, "timeout", None)
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        parts = [getattr(timeout, name, None) for name in ("connect", "read", "write", "pool")]
+        numbers = [float(p) for p in parts if isinstance(p, (int, float))]
+        if not numbers:
+            return None
+        seconds = sum(numbers)
+    retries = getattr(options, "max_retries", None)
+    if not isinstance(retries, int):
+        retries = getattr(client, "max_retries", 0)
+    return seconds * (1 + (retries if isinstance(retries, int) else 0))
+
+
+class StainlessHook:
+    """Wraps ``request`` on the SDK's sync and async API clients."""
+
+    def __init__(self, adapter: StainlessAdapter, guard: Callable[[], Guard | None]) -> None:
+        self.adapter = adapter
+        self._guard = guard
+        self._base = importlib.import_module(f"{adapter.module}._base_client")
+
+    def instrument(self) -> None:
+        wrapt.wrap_function_wrapper(self._base, "SyncAPIClient.request", self._sync)
+        wrapt.wrap_function_wrapper(self._base, "AsyncAPIClient.request", self._async)
+
+    def uninstrument(self) -> None:
+        unwrap(self._base.SyncAPIClient, "request")
+        unwrap(self._base.AsyncAPIClient, "request")
+
+    # -- request side -----------------------------------------------------------------------
+
+    def _prepare(self, client: Any, options: Any, stream: bool) -> Prepared | None:
+        if str(getattr(options, "method", "")).lower() != "post":
+            return None
+        path = str(getattr(options, "url", ""))
+        endpoint = self.adapter.endpoints.get(path)
+        if endpoint is None:
+            return None
+        body: dict[str, Any] = {**(options.json_data or {}), **(options.extra_json or {})}
+        model = body.get("model")
+        if not isinstance(model, str):
+            return None
+        measure = InputMeasure()
+        for name in endpoint.input_fields:
+            if name in body:
+                part = measure_input(body[name], self.adapter.is_image)
+                measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
+        items = body.get(endpoint.item_field) if endpoint.item_field else None
+        asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int)]
+        multiplier = body.get(endpoint.multiplier_field) if endpoint.multiplier_field else None
+        provider, price_provider = self.adapter.provider(client)
+        url = getattr(client, "base_url", None)
+        request = LLMRequest(
+            provider=provider,
+            price_provider=price_provider,
+            operation=endpoint.operation,
+            model=model,
+            stream=stream,
+            input_bytes=measure.bytes,
+            input_items=len(items) if isinstance(items, list) else 1,
+            input_images=measure.images,
+            max_output_tokens=min(asked) if asked else endpoint.default_max_output,
+            output_multiplier=multiplier if isinstance(multiplier, int) and multiplier > 0 else 1,
+            produces_output=endpoint.produces_output,
+            server_address=getattr(url, "host", None),
+            server_port=getattr(url, "port", None),
+            timeout_seconds=_timeout_seconds(client, options),
+        )
+        return Prepared(request, endpoint, path, body)
+
+    def _rewrite(self, client: Any, options: Any, prepared: Prepared, changes: RequestChanges) -> tuple[Any, bool]:
+        """A copy of the options with the guard's changes applied (the caller's stay untouched),
+        and whether a usage-only stream chunk was requested on the caller's behalf."""
+        endpoint = prepared.endpoint
+        updates: dict[str, Any] = {}
+        if changes.model is not None:
+            updates["model"] = changes.model
+        if changes.max_output_tokens is not None:
+            present = [f for f in endpoint.max_output_fields if f in prepared.body]
+            for name in present or [self.adapter.inject_field(endpoint, client)]:
+                updates[name] = changes.max_output_tokens
+        hide_usage = False
+        if prepared.request.stream and endpoint.stream_usage_option:
+            stream_options = prepared.body.get("stream_options")
+            if not (isinstance(stream_options, Mapping) and stream_options.get("include_usage")):
+                updates["stream_options"] = {**(stream_options or {}), "include_usage": True}
+                hide_usage = True
+        if not updates:
+            return options, False
+        extra = dict(options.extra_json or {})
+        json_data = dict(options.json_data or {})
+        for name, value in updates.items():
+            (extra if name in extra else json_data)[name] = value
+        copy = options.model_copy()
+        copy.json_data = json_data
+        copy.extra_json = extra or options.extra_json
+        return copy, hide_usage
+
+    # -- the wrappers -----------------------------------------------------------------------
+
+    def _begin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> tuple[GuardedCall, Prepared, tuple[Any, ...], dict[str, Any], bool] | None:
+        guard = self._guard()
+        if guard is None:
+            return None
+        options = args[1] if len(args) > 1 else kwargs.get("options")
+        stream = bool(kwargs.get("stream", False))
+        prepared = self._prepare(instance, options, stream)
+        if prepared is None:
+            return None
+        call = guard.begin(prepared.request)
+        try:
+            new_options, hide_usage = self._rewrite(instance, options, prepared, call.changes)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        if len(args) > 1:
+            args = (args[0], new_options, *args[2:])
+        else:
+            kwargs = {**kwargs, "options": new_options}
+        return call, prepared, args, kwargs, hide_usage
+
+    def _sync(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+        begun = self._begin(instance, args, kwargs)
+        if begun is None:
+            return wrapped(*args, **kwargs)
+        call, prepared, args, kwargs, hide_usage = begun
+        try:
+            with call.span.activate():
+                result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        self._observe(result, prepared, call, hide_usage, observe_sync)
+        return result
+
+    async def _async(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+        begun = self._begin(instance, args, kwargs)
+        if begun is None:
+            return await wrapped(*args, **kwargs)
+        call, prepared, args, kwargs, hide_usage = begun
+        try:
+            with call.span.activate():
+                result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        self._observe(result, prepared, call, hide_usage, observe_async)
+        return result
+
+    # -- response side ----------------------------------------------------------------------
+
+    def _observe(self, result: Any, prepared: Prepared, call: GuardedCall, hide_usage: bool,
+                 install: Callable[[Any, BodyObserver], None]) -> None:
+        reader = self.adapter.reader(prepared, hide_usage)
+        http = self.adapter.response_body(result)
+        if http is None:
+            reader.on_body(result)
+            call.finish(reader.info)
+            return
+        observer = BodyObserver(reader, sse=prepared.request.stream, on_progress=call.keepalive,
+                                on_end=lambda info, complete: call.finish(info, complete=complete))
+        if http.is_stream_consumed:  # with_raw_response without streaming: the body is already here
+            observer.feed(http.content)
+            observer.flush()
+            observer.end()
+            return
+        install(http, observer)
+
+
+__all__ = ["Endpoint", "Prepared", "StainlessAdapter", "StainlessHook", "loads"]

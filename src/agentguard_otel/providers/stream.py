@@ -1,0 +1,209 @@
+"""Read usage from a response body as it passes to the caller, and settle when it ends.
+
+The hook sits on the HTTP response object (``iter_bytes`` / ``aiter_bytes`` and ``close`` /
+``aclose`` of that one instance) rather than on an SDK stream class: every way an SDK lets a caller
+consume a body (its ``Stream``, ``.stream()`` helpers, ``with_raw_response``,
+``with_streaming_response`` with ``iter_lines``/``read``/``parse``) goes through those methods,
+so no consumption style slips past. The observer
+
+* parses server-sent events (or the whole JSON body) and hands them to the adapter's reader,
+* drops events the caller did not ask for (a usage-only chunk we requested on their behalf),
+* settles exactly once: at the end of the body, when the caller closes it, or when the response
+  is garbage-collected half-read (an abandoned stream).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from typing import Any, Protocol
+
+from agentguard_otel.providers.base import ResponseInfo
+
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+
+
+class BodyReader(Protocol):
+    """What an adapter knows about one endpoint's response body."""
+
+    info: ResponseInfo
+    complete: bool  # the body reached its natural end (final usage / [DONE] / parsed JSON)
+
+    def on_body(self, body: Any) -> None: ...
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        """Digest one SSE event; return True to hide it from the caller."""
+        ...
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse provider JSON with exact decimals (a reported cost must not pass through a float)."""
+    return json.loads(raw, parse_float=Decimal)
+
+
+class BodyObserver:
+    """Parses a body incrementally and reports its end once."""
+
+    def __init__(self, reader: BodyReader, *, sse: bool, on_progress: Callable[[], None],
+                 on_end: Callable[[ResponseInfo, bool], None]) -> None:
+        self.reader = reader
+        self.sse = sse
+        self._on_progress = on_progress
+        self._on_end = on_end
+        self._buffer = b""
+        self._ended = False
+        self._lock = threading.Lock()
+        self.pulling = False  # True while the underlying transport is being read
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take bytes from the wire; return the bytes the caller may see."""
+        self._buffer += chunk
+        if not self.sse:
+            return chunk
+        out = []
+        while True:
+            cut = -1
+            sep_len = 0
+            for sep in _SEPARATORS:
+                index = self._buffer.find(sep)
+                if index != -1 and (cut == -1 or index < cut):
+                    cut, sep_len = index, len(sep)
+            if cut == -1:
+                break
+            block = self._buffer[: cut + sep_len]
+            self._buffer = self._buffer[cut + sep_len:]
+            if not self._digest(block[:cut]):
+                out.append(block)
+        self._on_progress()
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The body ended: digest what is left (a JSON body, or an unterminated last event)."""
+        rest, self._buffer = self._buffer, b""
+        if not self.sse:
+            if rest:
+                try:
+                    self.reader.on_body(loads(rest))
+                except ValueError:
+                    pass  # not JSON (an error page): nothing to read usage from
+            return b""
+        if rest.strip() and self._digest(rest):
+            return b""
+        return rest if self.sse else b""
+
+    def _digest(self, block: bytes) -> bool:
+        event: str | None = None
+        data_lines = []
+        for line in block.splitlines():
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].lstrip(b" "))
+            elif line.startswith(b"event:"):
+                event = line[6:].strip().decode("utf-8", "replace")
+        if not data_lines:
+            return False
+        data = b"\n".join(data_lines)
+        if data == b"[DONE]":
+            self.reader.complete = True
+            return False
+        try:
+            parsed = loads(data)
+        except ValueError:
+            return False
+        return self.reader.on_event(event, parsed)
+
+    def end(self) -> None:
+        """Report the end once, however it came about."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self._on_end(self.reader.info, self.reader.complete)
+
+
+def observe_sync(response: Any, observer: BodyObserver) -> None:
+    """Route an unread sync response body through ``observer``."""
+    ref = weakref.ref(response)  # no cycle: the response must stay collectable when dropped
+    cls = type(response)
+
+    def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+        resp = ref()
+        if resp is None:
+            return
+        source = cls.iter_bytes(resp, chunk_size)
+        del resp
+        try:
+            while True:
+                observer.pulling = True
+                try:
+                    chunk = next(source)
+                except StopIteration:
+                    break
+                finally:
+                    observer.pulling = False
+                visible = observer.feed(chunk)
+                if visible:
+                    yield visible
+            tail = observer.flush()
+            if tail:
+                yield tail
+        finally:
+            observer.end()
+
+    def close() -> None:
+        resp = ref()
+        try:
+            if resp is not None:
+                cls.close(resp)
+        finally:
+            if not observer.pulling:  # the caller closed it; not the transport finishing a read
+                observer.end()
+
+    response.iter_bytes = iter_bytes
+    response.close = close
+    weakref.finalize(response, observer.end)
+
+
+def observe_async(response: Any, observer: BodyObserver) -> None:
+    """Route an unread async response body through ``observer``."""
+    ref = weakref.ref(response)
+    cls = type(response)
+
+    async def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        resp = ref()
+        if resp is None:
+            return
+        source = cls.aiter_bytes(resp, chunk_size)
+        del resp
+        try:
+            while True:
+                observer.pulling = True
+                try:
+                    chunk = await source.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    observer.pulling = False
+                visible = observer.feed(chunk)
+                if visible:
+                    yield visible
+            tail = observer.flush()
+            if tail:
+                yield tail
+        finally:
+            observer.end()
+
+    async def aclose() -> None:
+        resp = ref()
+        try:
+            if resp is not None:
+                await cls.aclose(resp)
+        finally:
+            if not observer.pulling:
+                observer.end()
+
+    response.aiter_bytes = aiter_bytes
+    response.aclose = aclose
+    weakref.finalize(response, observer.end)

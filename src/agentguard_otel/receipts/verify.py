@@ -1,0 +1,264 @@
+"""Receipt verification: from segment files, or from already-parsed receipts (e.g. exported logs).
+
+Both entry points feed one ``_Checker``, which checks each receipt in order: its hash (an edited
+field), the signature with a *trusted* key (keys embedded in or named by receipts are never trusted),
+the line's bytes (file input only: a line must be exactly the writer's serialization of its content,
+so no edit hides in escapes, whitespace or duplicate keys), then the chain link (``seq`` one more than
+the previous receipt's, ``prev`` its hash, a chain starts at seq 0 with 64 zeros) and checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agentguard_otel.errors import ConfigError
+from agentguard_otel.receipts.format import KINDS, VERSION, ZERO_HASH, digest_of, receipt_line
+from agentguard_otel.receipts.keys import StrPath
+
+Progress = Callable[[int, int], None]
+
+_SEGMENT = re.compile(r"(?P<stem>.+)\.(?P<segment>\d+)\.ndjson")
+_PROGRESS_MIN_STEP = 64 * 1024
+_PROGRESS_MAX_STEP = 1024 * 1024
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of a verification. ``chains`` maps each chain to its head (``seq``, ``hash``) and its
+    receipt count; ``first_error`` is ``{file, line, chain, seq, reason}`` of the first problem found
+    (``file`` is None for parsed records, whose ``line`` is the 1-based position in the input)."""
+
+    ok: bool
+    receipts: int
+    chains: dict[str, dict[str, Any]]
+    first_error: dict[str, Any] | None
+    torn: list[tuple[str, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for ``agentguard verify --json``)."""
+        return {"ok": self.ok, "receipts": self.receipts, "chains": self.chains,
+                "first_error": self.first_error, "torn": [{"file": f, "line": n} for f, n in self.torn]}
+
+
+def verify(paths: StrPath | Iterable[StrPath], public_keys: Mapping[str, Ed25519PublicKey],
+           expect_heads: Mapping[str, str] | None = None, progress: Progress | None = None) -> VerifyReport:
+    """Verify receipt files and directories (every ``*.ndjson`` below them), each file read once.
+
+    Segments are taken in order of their segment number. A final line without its newline is a torn
+    append: reported in ``torn`` and as an error, never skipped. ``expect_heads`` maps a chain to a head
+    hash recorded elsewhere (span, log backend): the chain must reach that receipt, or it was truncated.
+    Receipts written after the expected head are accepted (they are chained to it). ``progress(done,
+    total)`` is called with byte counts about every 1 MiB (or 1 %, if smaller) and at the end."""
+    files = _segment_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
+    total = sum(path.stat().st_size for path in files)
+    step = min(_PROGRESS_MAX_STEP, max(_PROGRESS_MIN_STEP, total // 100))
+    checker = _Checker(public_keys, expect_heads)
+    done = 0
+    next_report = step
+    if progress is not None:
+        progress(0, total)
+    for path in files:
+        name = str(path)
+        with open(path, "rb") as handle:
+            for line_no, raw in enumerate(handle, 1):
+                done += len(raw)
+                if progress is not None and done >= next_report:
+                    progress(min(done, total), total)
+                    next_report = done + step
+                if not raw.endswith(b"\n"):
+                    checker.torn_line(name, line_no)
+                    continue
+                try:
+                    receipt = json.loads(raw)
+                except (ValueError, RecursionError) as exc:
+                    checker.fail(name, line_no, None, None, f"malformed line: {exc}")
+                    continue
+                checker.check(receipt, name, line_no, raw)
+    if progress is not None:
+        progress(total, total)
+    return checker.report()
+
+
+def verify_records(records: Iterable[Any], public_keys: Mapping[str, Ed25519PublicKey],
+                   expect_heads: Mapping[str, str] | None = None) -> VerifyReport:
+    """Verify parsed receipts, e.g. log record bodies from a log backend.
+
+    A log backend does not keep write order, so each chain's records are checked in ``seq`` order; the
+    ``prev`` links, not the arrival order, prove the sequence. Errors name the record's 1-based position
+    in ``records``."""
+    checker = _Checker(public_keys, expect_heads)
+    chained: list[tuple[str, int, int, Mapping[str, Any]]] = []
+    for position, record in enumerate(records, 1):
+        chain = record.get("chain") if isinstance(record, Mapping) else None
+        seq = record.get("seq") if isinstance(record, Mapping) else None
+        if isinstance(chain, str) and type(seq) is int:
+            chained.append((chain, seq, position, record))
+        else:
+            checker.check(record, None, position)
+    chained.sort(key=lambda item: item[:3])
+    for _chain, _seq, position, record in chained:
+        checker.check(dict(record), None, position)
+    return checker.report()
+
+
+@dataclass
+class _ChainState:
+    seq: int = -1
+    hash: str = ZERO_HASH
+    receipts: int = 0
+    counted: int = 0          # decision and settlement receipts, what checkpoints count
+    file: str | None = None
+    line: int = 0
+    reached: bool = False     # the expected head (if any) was seen
+
+
+class _Checker:
+    """The one implementation of the per-receipt and per-chain checks."""
+
+    def __init__(self, public_keys: Mapping[str, Ed25519PublicKey],
+                 expect_heads: Mapping[str, str] | None) -> None:
+        self.keys = dict(public_keys)
+        self.expect = dict(expect_heads or {})
+        self.chains: dict[str, _ChainState] = {}
+        self.receipts = 0
+        self.first_error: dict[str, Any] | None = None
+        self.torn: list[tuple[str, int]] = []
+
+    def fail(self, file: str | None, line: int | None, chain: str | None, seq: int | None,
+             reason: str) -> None:
+        if self.first_error is None:
+            self.first_error = {"file": file, "line": line, "chain": chain, "seq": seq, "reason": reason}
+
+    def torn_line(self, file: str, line: int) -> None:
+        self.torn.append((file, line))
+        self.fail(file, line, None, None, "torn last line")
+
+    def check(self, receipt: Any, file: str | None, line: int, raw: bytes | None = None) -> None:
+        """Check one receipt against its chain so far; ``raw`` is its line when read from a file."""
+        chain = receipt.get("chain") if isinstance(receipt, dict) else None
+        seq = receipt.get("seq") if isinstance(receipt, dict) else None
+        if not isinstance(chain, str) or type(seq) is not int:
+            self.fail(file, line, chain if isinstance(chain, str) else None, None,
+                      "malformed receipt: not an object with a string chain and an integer seq")
+            return
+        state = self.chains.setdefault(chain, _ChainState())
+        self.receipts += 1
+        state.receipts += 1
+        reason = self._problem(receipt, chain, seq, state, raw)
+        if reason is not None:
+            self.fail(file, line, chain, seq, reason)
+        # Follow the receipt's own claims so one bad receipt is reported once, not at every later one.
+        claimed = receipt.get("hash")
+        state.seq, state.hash = seq, claimed if isinstance(claimed, str) else ""
+        state.file, state.line = file, line
+        state.counted += receipt.get("kind") != "checkpoint"
+        state.reached = state.reached or self.expect.get(chain) == claimed
+
+    def _problem(self, receipt: dict[str, Any], chain: str, seq: int, state: _ChainState,
+                 raw: bytes | None) -> str | None:
+        claimed, sig, key_id = receipt.get("hash"), receipt.get("sig"), receipt.get("key_id")
+        if not isinstance(claimed, str) or not isinstance(sig, str) or not isinstance(key_id, str):
+            return "malformed receipt: hash, sig and key_id must be strings"
+        try:
+            digest = digest_of(receipt)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return f"malformed receipt: {exc}"
+        if digest.hex() != claimed:
+            return "hash mismatch: the receipt was edited"
+        public = self.keys.get(key_id)
+        if public is None:
+            return f"untrusted key {key_id}"
+        if not _signature_valid(public, sig, digest):
+            return "bad signature"
+        if raw is not None and receipt_line(receipt) != raw:
+            return "edited line: its bytes are not the serialization of the signed receipt"
+        if receipt.get("v") != VERSION or receipt.get("kind") not in KINDS:
+            return (f"malformed receipt: unsupported version {receipt.get('v')!r} "
+                    f"or kind {receipt.get('kind')!r}")
+        if not isinstance(receipt.get("ts"), str):
+            return "malformed receipt: ts must be a string"
+        if not chain.startswith(key_id + ":"):
+            return f"key_id {key_id} does not match chain"
+        return self._link_problem(receipt, seq, state)
+
+    @staticmethod
+    def _link_problem(receipt: dict[str, Any], seq: int, state: _ChainState) -> str | None:
+        prev = receipt.get("prev")
+        if state.receipts == 1:
+            if seq != 0:
+                return f"missing start: chain begins at seq {seq}"
+            if prev != ZERO_HASH:
+                return "broken link: seq 0 must have prev of 64 zeros"
+        elif seq != state.seq + 1:
+            return f"out of order: seq {seq} follows seq {state.seq} (receipt missing, reordered or repeated)"
+        elif prev != state.hash:
+            return f"broken link: prev is not the hash of seq {state.seq}"
+        if receipt["kind"] == "checkpoint":
+            head = {"seq": seq - 1, "hash": prev}
+            if receipt.get("head") != head or receipt.get("count") != state.counted:
+                return (f"bad checkpoint: expected head {head} and count {state.counted}, "
+                        f"found {receipt.get('head')} and {receipt.get('count')}")
+        return None
+
+    def report(self) -> VerifyReport:
+        for chain, expected in self.expect.items():
+            state = self.chains.get(chain)
+            if state is None:
+                self.fail(None, None, chain, None,
+                          f"missing chain: no receipts found, expected head {expected}")
+            elif not state.reached:
+                self.fail(state.file, state.line, chain, state.seq,
+                          f"truncated: head is {state.seq} {state.hash}, expected {expected}")
+        chains = {chain: {"seq": s.seq, "hash": s.hash, "receipts": s.receipts}
+                  for chain, s in self.chains.items()}
+        return VerifyReport(ok=self.first_error is None, receipts=self.receipts, chains=chains,
+                            first_error=self.first_error, torn=self.torn)
+
+
+def _signature_valid(public: Ed25519PublicKey, sig: str, digest: bytes) -> bool:
+    try:
+        signature = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if base64.b64encode(signature).decode("ascii") != sig:  # one signature, one spelling
+        return False
+    try:
+        public.verify(signature, digest)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _segment_files(paths: Iterable[StrPath]) -> list[Path]:
+    """Every receipt file named (each once, as the caller spelled it), ordered by directory, chain
+    file stem, then segment number."""
+    found: dict[Path, Path] = {}
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            for file in path.rglob("*.ndjson"):
+                if file.is_file():
+                    found.setdefault(file.resolve(), file)
+        elif path.is_file():
+            found.setdefault(path.resolve(), path)
+        else:
+            raise ConfigError(f"{path}: no such receipts file or directory")
+
+    def order(path: Path) -> tuple[str, str, int]:
+        match = _SEGMENT.fullmatch(path.name)
+        if match is None:
+            return str(path.parent), path.name, -1
+        return str(path.parent), match["stem"], int(match["segment"])
+
+    return sorted(found.values(), key=order)

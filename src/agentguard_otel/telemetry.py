@@ -1,0 +1,270 @@
+"""Every span attribute, metric and log record agentguard emits, in one place.
+
+GenAI attribute and metric names follow the OpenTelemetry semantic conventions v1.41.0
+(``SEMCONV_VERSION``), the last release that carried the GenAI conventions before they moved to
+their own repository. Receipts are exported as log records whose body is the receipt's exact JSON
+line, so a backend such as Loki holds a verifiable copy of the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
+from opentelemetry.metrics import get_meter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from agentguard_otel.money import nano_to_usd
+from agentguard_otel.scope import BAGGAGE_PREFIX, Scope
+from agentguard_otel.version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry._logs import LoggerProvider
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import Span, TracerProvider
+
+    from agentguard_otel.guard import Decision
+    from agentguard_otel.providers.base import LLMRequest, ResponseInfo
+
+SEMCONV_VERSION = "1.41.0"
+SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+BLOCKED_ERROR_TYPE = "agentguard.blocked"
+
+# Bucket boundaries the GenAI semantic conventions advise for these two histograms.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+# Scope fields on metrics: everything but ``user``, whose cardinality is unbounded (spans carry it).
+METRIC_SCOPE_FIELDS = ("tenant", "team", "agent", "task", "capability")
+
+
+@dataclass(frozen=True)
+class BudgetReading:
+    """How full one cap's counter is after a reservation or settlement."""
+
+    counter: str
+    rule_id: str
+    window: str
+    used_nano: int
+    limit_nano: int
+
+    @property
+    def utilization(self) -> float:
+        return self.used_nano / self.limit_nano if self.limit_nano > 0 else 1.0
+
+
+class CallSpan:
+    """The CLIENT span of one guarded call; ended exactly once."""
+
+    __slots__ = ("_ended", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._ended = False
+
+    def activate(self) -> AbstractContextManager[Span]:
+        """Make the span current while the SDK sends the request (so HTTP spans nest under it)."""
+        return trace.use_span(self.span, end_on_exit=False, record_exception=False,
+                              set_status_on_exception=False)
+
+    def fail(self, exc: BaseException) -> None:
+        from agentguard_otel.errors import AgentGuardBlocked
+
+        error_type = BLOCKED_ERROR_TYPE if isinstance(exc, AgentGuardBlocked) else type(exc).__qualname__
+        self.span.set_attribute("error.type", error_type)
+        self.span.set_status(Status(StatusCode.ERROR, str(exc)))
+        self.end()
+
+    def end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.span.end()
+
+
+def _receipt_attrs(prefix: str, receipt: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not receipt:
+        return {}
+    return {
+        f"{prefix}.hash": receipt["hash"],
+        f"{prefix}.seq": receipt["seq"],
+        f"{prefix}.chain": receipt["chain"],
+        f"{prefix}.sig": receipt["sig"],
+        f"{prefix}.key_id": receipt["key_id"],
+    }
+
+
+class Telemetry:
+    """Spans, metrics and log records for guarded calls."""
+
+    def __init__(self, tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None,
+                 logger_provider: LoggerProvider | None = None) -> None:
+        self.tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=SCHEMA_URL)
+        meter = get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
+        self.logger = get_logger(__name__, __version__, logger_provider, schema_url=SCHEMA_URL)
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        self.cost = meter.create_counter(
+            "agentguard.cost", unit="USD", description="Actual cost of guarded calls, as settled.")
+        self.decisions = meter.create_counter(
+            "agentguard.decisions", unit="{decision}", description="Guard decisions by action.")
+        self.utilization = meter.create_gauge(
+            "agentguard.budget.utilization", unit="1",
+            description="Share of a cap's limit spent or held in its current window (0..1, may exceed 1).")
+
+    # -- spans ------------------------------------------------------------------------------
+
+    def start_call(self, request: LLMRequest, scope: Scope) -> CallSpan:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": request.operation,
+            "gen_ai.provider.name": request.provider,
+            "gen_ai.request.model": request.model,
+            "agentguard.model.requested": request.model,
+        }
+        if request.server_address:
+            attributes["server.address"] = request.server_address
+        if request.server_port:
+            attributes["server.port"] = request.server_port
+        if request.max_output_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = request.max_output_tokens
+        for name, value in scope.as_dict().items():
+            if value is not None:
+                attributes[BAGGAGE_PREFIX + name] = value
+        span = self.tracer.start_span(f"{request.operation} {request.model}", kind=SpanKind.CLIENT,
+                                      attributes=attributes)
+        return CallSpan(span)
+
+    def on_decision(self, call: CallSpan, request: LLMRequest, scope: Scope, decision: Decision,
+                    receipt: Mapping[str, Any] | None) -> None:
+        span = call.span
+        if decision.model_effective != request.model:
+            span.update_name(f"{request.operation} {decision.model_effective}")
+            span.set_attribute("gen_ai.request.model", decision.model_effective)
+        attributes: dict[str, Any] = {
+            "agentguard.decision.action": decision.action,
+            "agentguard.decision.reason": decision.reason,
+            "agentguard.policy.id": self._policy_id(receipt),
+            "agentguard.model.effective": decision.model_effective,
+            "agentguard.cost.estimated_usd": nano_to_usd(decision.estimated_nano),
+            **_receipt_attrs("agentguard.receipt", receipt),
+        }
+        if decision.changes.max_output_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = decision.changes.max_output_tokens
+        if decision.rule_id is not None:
+            attributes["agentguard.rule.id"] = decision.rule_id
+        if decision.cap is not None:
+            attributes["agentguard.cap.window"] = decision.cap.cap.window
+        if decision.would is not None:
+            attributes["agentguard.decision.would"] = decision.would
+        if decision.degraded:
+            attributes["agentguard.degraded"] = True
+        span.set_attributes(attributes)
+        labels = self._scope_labels(scope)
+        labels.update({"agentguard.decision.action": decision.action, "gen_ai.provider.name": request.provider,
+                       "gen_ai.request.model": request.model})
+        if decision.rule_id is not None:
+            labels["agentguard.rule.id"] = decision.rule_id
+        self.decisions.add(1, labels)
+        self._record_budget(decision.budget)
+
+    def on_settlement(self, call: CallSpan, request: LLMRequest, scope: Scope, decision: Decision,
+                      info: ResponseInfo, actual_nano: int, cost_source: str, receipt: Mapping[str, Any] | None,
+                      budget: Sequence[BudgetReading], duration_s: float, error: BaseException | None) -> None:
+        span = call.span
+        attributes: dict[str, Any] = {
+            "agentguard.cost.actual_usd": nano_to_usd(actual_nano),
+            "agentguard.cost.source": cost_source,
+            **_receipt_attrs("agentguard.settlement.receipt", receipt),
+        }
+        if info.response_model:
+            attributes["gen_ai.response.model"] = info.response_model
+        if info.response_id:
+            attributes["gen_ai.response.id"] = info.response_id
+        if info.finish_reasons:
+            attributes["gen_ai.response.finish_reasons"] = list(info.finish_reasons)
+        usage = info.usage
+        if usage is not None:
+            attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+            attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+            if usage.cache_read_tokens:
+                attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
+            cache_write = usage.cache_write_tokens + usage.cache_write_1h_tokens
+            if cache_write:
+                attributes["gen_ai.usage.cache_creation.input_tokens"] = cache_write
+            if usage.reasoning_tokens:
+                attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+        span.set_attributes(attributes)
+
+        metric_attrs: dict[str, Any] = {
+            "gen_ai.operation.name": request.operation,
+            "gen_ai.provider.name": request.provider,
+            "gen_ai.request.model": decision.model_effective,
+        }
+        if info.response_model:
+            metric_attrs["gen_ai.response.model"] = info.response_model
+        if request.server_address:
+            metric_attrs["server.address"] = request.server_address
+        if usage is not None:
+            self.token_usage.record(usage.input_tokens, {**metric_attrs, "gen_ai.token.type": "input"})
+            if request.produces_output:
+                self.token_usage.record(usage.output_tokens, {**metric_attrs, "gen_ai.token.type": "output"})
+        duration_attrs = dict(metric_attrs)
+        if error is not None:
+            duration_attrs["error.type"] = type(error).__qualname__
+        self.duration.record(duration_s, duration_attrs)
+        cost_attrs = {**self._scope_labels(scope), **metric_attrs, "agentguard.cost.source": cost_source}
+        self.cost.add(nano_to_usd(actual_nano), cost_attrs)
+        self._record_budget(budget)
+        if error is not None:
+            call.fail(error)
+        else:
+            call.end()
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def emit_receipt(self, receipt: Mapping[str, Any], call: CallSpan | None = None) -> None:
+        """One log record per receipt; the body is the receipt line itself, byte for byte."""
+        context = trace.set_span_in_context(call.span) if call is not None else None
+        self.logger.emit(LogRecord(
+            timestamp=time.time_ns(),
+            context=context,
+            severity_number=SeverityNumber.INFO,
+            severity_text="INFO",
+            event_name="agentguard.receipt",
+            body=json.dumps(receipt, ensure_ascii=False, separators=(",", ":")),
+            attributes={
+                "agentguard.receipt.kind": receipt["kind"],
+                "agentguard.receipt.hash": receipt["hash"],
+                "agentguard.receipt.seq": receipt["seq"],
+                "agentguard.receipt.chain": receipt["chain"],
+            },
+        ))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _record_budget(self, budget: Sequence[BudgetReading]) -> None:
+        for reading in budget:
+            self.utilization.set(reading.utilization, {
+                "agentguard.counter": reading.counter,
+                "agentguard.rule.id": reading.rule_id,
+                "agentguard.cap.window": reading.window,
+            })
+
+    @staticmethod
+    def _scope_labels(scope: Scope) -> dict[str, Any]:
+        return {BAGGAGE_PREFIX + name: value for name in METRIC_SCOPE_FIELDS
+                if (value := scope.get(name)) is not None}
+
+    @staticmethod
+    def _policy_id(receipt: Mapping[str, Any] | None) -> str:
+        policy = receipt.get("policy") if receipt else None
+        return str(policy.get("id")) if isinstance(policy, Mapping) else ""
