@@ -31,8 +31,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from agentguard_otel import AgentGuardInstrumentor
 from agentguard_otel.demo.server import LocalOpenAIServer
-from agentguard_otel.providers.base import LLMRequest, ResponseInfo
 from agentguard_otel.pricing import TokenUsage
+from agentguard_otel.providers.base import LLMRequest, ResponseInfo
 from agentguard_otel.receipts import SigningKey
 
 POLICY = {"version": 1, "id": "bench", "mode": "enforce", "rules": [

@@ -123,7 +123,7 @@ def spend_table(states: Sequence[object]) -> str:
     if len(rows) == 1:
         return "no spend recorded in the current windows"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -10,10 +10,10 @@ import logging
 import threading
 import time
 import uuid
-from urllib.parse import quote
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
 from agentguard_otel.ledger import CounterSpec, CounterState, Ledger, Reservation

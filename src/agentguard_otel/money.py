@@ -12,7 +12,7 @@ def usd_to_nano(value: Decimal | int | str, *, rounding: str = ROUND_CEILING) ->
 
     Floats are refused: a float has already lost the exact value the user wrote.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise TypeError(f"USD amounts must be Decimal, int or str, not {type(value).__name__}")
     try:
         amount = Decimal(value)

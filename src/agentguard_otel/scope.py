@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
+from types import MappingProxyType
 
 from opentelemetry import baggage, context
 
@@ -46,7 +47,8 @@ def capability_satisfies(held: str | None, required: str) -> bool:
     return CAPABILITY_LEVELS.index(held) >= CAPABILITY_LEVELS.index(required)
 
 
-_explicit: ContextVar[Mapping[str, str]] = ContextVar("agentguard_scope", default={})
+_NO_SCOPE: Mapping[str, str] = MappingProxyType({})
+_explicit: ContextVar[Mapping[str, str]] = ContextVar("agentguard_scope", default=_NO_SCOPE)
 
 
 def _validate(values: Mapping[str, str | None]) -> dict[str, str]:

@@ -259,7 +259,7 @@ def test_downgrade_rewrites_the_model(server: Any, guarded: GuardFactory, otel: 
     response = client(server).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert server.requests[0].body["model"] == "gpt-4o-mini"
     assert response.model == "gpt-4o-mini"
-    decision, settlement = handle.receipts()
+    decision, _settlement = handle.receipts()
     assert (decision["action"], decision["model_requested"], decision["model_effective"]) == \
         ("downgrade", "gpt-4o", "gpt-4o-mini")
     span = otel.finished()[-1]

@@ -249,6 +249,19 @@ def test_exported_records_verify_in_any_order_and_gaps_are_caught(make_writer: W
         1, None, "malformed receipt: not an object with a string chain and an integer seq")
 
 
+def test_receipts_and_checkpoints_exported_together_verify_as_records(make_writer: WriterFactory,
+                                                                      trusted: Keys) -> None:
+    exported: list[dict[str, Any]] = []
+    writer = make_writer(checkpoint_every=3, on_checkpoint=exported.append)
+    for n in range(8):
+        exported.append(writer.append("decision", decision_body(n)))
+    writer.close()
+    assert [r["kind"] for r in exported].count("checkpoint") == 3
+    report = verify_records(exported, trusted, expect_heads={writer.chain: writer.head[2]})
+    assert report.ok, report.first_error
+    assert report.chains[writer.chain]["receipts"] == 11
+
+
 # -- properties ----------------------------------------------------------------------------------
 
 PROPERTY_KEY = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
 from agentguard_otel.demo.server import REPLY_SENTENCE, LocalOpenAIServer, reply_text
@@ -41,26 +42,32 @@ def test_chat_json(client: openai.OpenAI) -> None:
 
 
 def test_prompt_tokens_count_every_text_part_and_message(client: openai.OpenAI) -> None:
-    messages: list[object] = [
+    messages: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": "be brief"},  # 8 bytes -> 2
         {"role": "user", "content": [{"type": "text", "text": "héllo"}, {"type": "text", "text": "x" * 9}]},
     ]  # "héllo" is 6 bytes -> 2, 9 bytes -> 3
-    completion = client.chat.completions.create(model=MODEL, messages=messages)  # type: ignore[arg-type]
+    completion = client.chat.completions.create(model=MODEL, messages=messages)
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == 2 + 2 + 3 + 3 * 2 + 3
 
 
 @pytest.mark.parametrize(
-    ("limit", "content", "completion_tokens", "finish"),
-    [({"max_tokens": 5}, words(5), 5, "length"), ({"max_completion_tokens": 30}, words(24), 24, "stop")],
+    ("max_tokens", "max_completion_tokens", "visible", "finish"),
+    [(5, None, 5, "length"), (None, 30, 24, "stop"), (50, 6, 6, "length")],  # max_completion_tokens wins
 )
 def test_max_tokens_truncates(
-    client: openai.OpenAI, limit: dict[str, int], content: str, completion_tokens: int, finish: str
+    client: openai.OpenAI,
+    max_tokens: int | None,
+    max_completion_tokens: int | None,
+    visible: int,
+    finish: str,
 ) -> None:
-    completion = client.chat.completions.create(model=MODEL, messages=USER, **limit)  # type: ignore[call-overload]
-    assert completion.choices[0].message.content == content
+    completion = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=max_tokens, max_completion_tokens=max_completion_tokens
+    )
+    assert completion.choices[0].message.content == words(visible)
     assert completion.choices[0].finish_reason == finish
-    assert completion.usage.completion_tokens == completion_tokens
+    assert completion.usage is not None and completion.usage.completion_tokens == visible
 
 
 @pytest.mark.parametrize(
@@ -75,12 +82,13 @@ def test_max_tokens_truncates(
 def test_reasoning_tokens_count_inside_completion(
     client: openai.OpenAI, model: str, limit: int | None, visible: int, reasoning: int, finish: str
 ) -> None:
-    extra = {} if limit is None else {"max_completion_tokens": limit}
-    completion = client.chat.completions.create(model=model, messages=USER, **extra)  # type: ignore[call-overload]
+    completion = client.chat.completions.create(model=model, messages=USER, max_completion_tokens=limit)
     assert completion.choices[0].message.content == words(visible)
     assert completion.choices[0].finish_reason == finish
-    assert completion.usage.completion_tokens == visible + reasoning
-    assert completion.usage.completion_tokens_details.reasoning_tokens == reasoning
+    usage = completion.usage
+    assert usage is not None and usage.completion_tokens == visible + reasoning
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == reasoning
 
 
 @pytest.mark.parametrize(("configured", "reported"), [(5, 5), (100, USER_PROMPT_TOKENS)])
@@ -188,7 +196,7 @@ async def test_async_parse(local: LocalOpenAIServer) -> None:
 def test_invalid_max_tokens_is_a_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=USER, max_tokens=0)
-    assert raised.value.param == "max_tokens"  # type: ignore[attr-defined]
+    assert raised.value.param == "max_tokens"
 
 
 def test_missing_messages_is_a_400(client: openai.OpenAI) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import struct
+from typing import Any
 
 import openai
 import pytest
@@ -17,7 +19,7 @@ EMBEDDING_MODEL = "text-embedding-3-small"
 LEGACY_MODEL = "gpt-3.5-turbo-instruct"
 
 
-def post_raw(server: LocalOpenAIServer, path: str, body: bytes) -> tuple[int, dict[str, object]]:
+def post_raw(server: LocalOpenAIServer, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
         conn.request("POST", path, body, {"Content-Type": "application/json"})
@@ -119,5 +121,20 @@ def test_both_base_paths_are_served(local: LocalOpenAIServer) -> None:
 def test_bad_requests_are_openai_400s(local: LocalOpenAIServer, body: bytes, param: str | None) -> None:
     status, payload = post_raw(local, "/v1/chat/completions", body)
     assert status == 400
-    assert payload["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-    assert payload["error"]["param"] == param  # type: ignore[index]
+    assert payload["error"]["type"] == "invalid_request_error"
+    assert payload["error"]["param"] == param
+
+
+def test_unframed_request_body_is_refused_and_connection_closed(local: LocalOpenAIServer) -> None:
+    with socket.create_connection(("127.0.0.1", local.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\n\r\n"
+        )
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 411 ") and b"Connection: close" in head
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert local.requests == []

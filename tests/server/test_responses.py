@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import openai
 import pytest
+from openai.types.responses import (
+    ResponseCompletedEvent,
+    ResponseCreatedEvent,
+    ResponseIncompleteEvent,
+    ResponseOutputMessage,
+)
 from pydantic import BaseModel
 
 from agentguard_otel.demo.server import REPLY_SENTENCE, LocalOpenAIServer
@@ -69,7 +75,8 @@ def test_max_output_tokens_makes_it_incomplete(client: openai.OpenAI) -> None:
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.output_text == words(3)
-    assert response.output[0].status == "incomplete"  # type: ignore[union-attr]
+    [message] = response.output
+    assert isinstance(message, ResponseOutputMessage) and message.status == "incomplete"
     assert response.usage is not None
     assert response.usage.output_tokens == 11
     assert response.usage.output_tokens_details.reasoning_tokens == 8
@@ -85,10 +92,11 @@ def test_raw_event_stream_sequence(client: openai.OpenAI) -> None:
     assert [event.type for event in events] == EVENT_SEQUENCE
     assert [event.sequence_number for event in events] == list(range(len(EVENT_SEQUENCE)))
     created, completed = events[0], events[-1]
-    assert created.response.status == "in_progress" and created.response.usage is None  # type: ignore[union-attr]
-    assert completed.response.id == created.response.id  # type: ignore[union-attr]
+    assert isinstance(created, ResponseCreatedEvent) and isinstance(completed, ResponseCompletedEvent)
+    assert created.response.status == "in_progress" and created.response.usage is None
+    assert completed.response.id == created.response.id
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REPLY_SENTENCE
-    assert completed.response.usage.output_tokens == 24  # type: ignore[union-attr]
+    assert completed.response.usage is not None and completed.response.usage.output_tokens == 24
 
 
 def test_stream_helper_final_response(client: openai.OpenAI) -> None:
@@ -104,7 +112,8 @@ def test_stream_helper_final_response(client: openai.OpenAI) -> None:
 def test_truncated_stream_ends_with_response_incomplete(client: openai.OpenAI) -> None:
     events = list(client.responses.create(model=MODEL, input="hello", stream=True, max_output_tokens=2))
     assert [e.type for e in events][-2:] == ["response.output_item.done", "response.incomplete"]
-    final = events[-1].response  # type: ignore[union-attr]
+    assert isinstance(events[-1], ResponseIncompleteEvent)
+    final = events[-1].response
     assert final.status == "incomplete" and final.output_text == words(2)
     assert final.usage is not None and final.usage.output_tokens == 2
     with (

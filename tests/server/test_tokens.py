@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -28,11 +29,11 @@ def strict_bound(utf8_bytes: int, message_count: int) -> int:
     return utf8_bytes + 8 * message_count + 16
 
 
-def message_texts(msgs: list[dict[str, object]]) -> list[str]:
+def message_texts(msgs: list[dict[str, Any]]) -> list[str]:
     found: list[str] = []
     for message in msgs:
         content = message["content"]
-        found += [content] if isinstance(content, str) else [part["text"] for part in content]  # type: ignore[attr-defined, index]
+        found += [content] if isinstance(content, str) else [part["text"] for part in content]
     return found
 
 

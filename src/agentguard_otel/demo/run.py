@@ -9,6 +9,7 @@ starts from an empty budget and its receipts stay around to inspect.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -38,11 +39,12 @@ def demo_policy(big: str, small: str) -> dict[str, Any]:
             {"id": "code-review", "match": {"team": "engineering", "task": "code-review"}, "per": "user",
              "max_output_tokens": 256,
              "caps": [
-                 {"limit_usd": "0.004", "window": "day", "action": "downgrade", "downgrade_to": small},
+                 {"limit_usd": "0.004", "window": "day", "action": "downgrade", "downgrade_to": small,
+                  "reason": f"daily {big} budget for reviews used"},
                  {"limit_usd": "0.005", "window": "day", "action": "block", "reason": "daily review budget spent"},
              ]},
-            {"id": "summarizer", "match": {"task": "summarize"}, "max_output_tokens": 512,
-             "caps": [{"limit_usd": "0.0012", "window": "minute", "action": "block", "reason": "runaway loop"}]},
+            {"id": "summarizer", "match": {"task": "summarize"}, "max_output_tokens": 256,
+             "caps": [{"limit_usd": "0.0052", "window": "minute", "action": "block", "reason": "runaway loop"}]},
             {"id": "payments", "match": {"task": "payment-approval"}, "require_capability": "payment_execute",
              "models": {"allow": [big]}},
         ],
@@ -78,65 +80,88 @@ def run_demo(calls: int = 12) -> int:
         try:
             print(f"endpoint: {base_url}\npolicy:   {run_dir / 'policy.yaml'}\n")
             client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
-            rows = _agent_loop(client, big, calls)
+            labels = _agent_loop(client, big, calls)
             guard = instrumentor.guard
             assert guard is not None
-            print(_table(rows))
-            print("\nspend per scope (current windows):")
-            print(spend_table(guard.ledger.states()))
+            states = guard.ledger.states()
         finally:
             instrumentor.uninstrument()
+    rows = _rows(labels, run_dir / "receipts")
+    print(_table(rows))
+    print("\nspend per scope (current windows):")
+    print(spend_table(states))
     return _verify(run_dir, key_path, rows)
 
 
-def _agent_loop(client: Any, big: str, calls: int) -> list[tuple[str, str, str, str, str]]:
-    """Review steps for alice, a looping summarizer, one payment approval: (who, model asked,
-    action, model used, cost)."""
-    rows: list[tuple[str, str, str, str, str]] = []
+def _agent_loop(client: Any, big: str, calls: int) -> list[str]:
+    """Review steps for alice, a looping summarizer, one payment approval; returns step labels in
+    call order (the receipts say what happened to each)."""
+    labels: list[str] = []
 
-    def step(label: str, model: str, prompt: str, stream: bool = False) -> None:
+    def step(label: str, prompt: str, stream: bool = False) -> None:
+        labels.append(label)
+        messages = [{"role": "user", "content": prompt}]
         try:
             if stream:
-                chunks = list(client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": prompt}], stream=True))
-                used = next((c.model for c in chunks if c.model), model)
+                for _chunk in client.chat.completions.create(model=big, messages=messages, stream=True):
+                    pass
             else:
-                used = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}]).model
-            rows.append((label, model, "allowed" if used == model else "downgraded", used, "sent"))
-        except AgentGuardBlocked as blocked:
-            rows.append((label, model, "BLOCKED", "-", blocked.reason))
+                client.chat.completions.create(model=big, messages=messages)
+        except AgentGuardBlocked:
+            pass  # the decision receipt records it; the agent moves on
 
     with scope(tenant="acme", team="engineering", user="alice", task="code-review"):
         for i in range(calls):
-            step(f"review #{i + 1}", big, f"Review hunk {i + 1} of the payment service diff.")
+            step(f"review #{i + 1}", f"Review hunk {i + 1} of the payment service diff.")
     with scope(tenant="acme", team="engineering", agent="summarizer", task="summarize"):
         for i in range(4):
-            step(f"summary #{i + 1}", big, "Summarise the review so far. " * 20, stream=True)
+            step(f"summary #{i + 1}", "Summarise the review so far. " * 20, stream=True)
     with scope(tenant="acme", team="finance", user="alice", task="payment-approval", capability="read_only"):
-        step("approve payment", big, "Approve invoice 4711.")
+        step("approve payment", "Approve invoice 4711.")
+    return labels
+
+
+Row = tuple[str, str, str, str, str]
+
+
+def _rows(labels: list[str], receipts: Path) -> list[Row]:
+    """One row per step, read back from the signed receipts (one chain, in seq order)."""
+    records = [json.loads(line) for path in sorted(receipts.glob("*.ndjson")) for line in path.read_text().splitlines()]
+    records.sort(key=lambda r: int(r["seq"]))
+    settled = {r["call_id"]: r for r in records if r["kind"] == "settlement"}
+    decisions = [r for r in records if r["kind"] == "decision"]
+    rows: list[Row] = []
+    for label, d in zip(labels, decisions, strict=True):
+        settlement = settled.get(d["call_id"])
+        cost = format_usd(settlement["actual_nano"]) if settlement else "-"
+        note = "" if d["action"] == "allow" else d["reason"]
+        model = d["model_requested"]
+        if d["model_effective"] != model:
+            model = f"{model} -> {d['model_effective']}"
+        rows.append((label, d["action"], model, cost, note))
     return rows
 
 
-def _table(rows: list[tuple[str, str, str, str, str]]) -> str:
-    header = ("step", "model asked", "decision", "model used", "note")
+def _table(rows: list[Row]) -> str:
+    header = ("step", "decision", "model", "actual cost", "why")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows])
 
 
-def _verify(run_dir: Path, key_path: Path, rows: list[tuple[str, str, str, str, str]]) -> int:
+def _verify(run_dir: Path, key_path: Path, rows: list[Row]) -> int:
     report = verify([run_dir / "receipts"], load_public_keys([Path(f"{key_path}.pub")]))
-    actions = {r[2] for r in rows}
+    actions = {r[1] for r in rows}
     print(f"\nreceipts: {report.receipts} written to {run_dir / 'receipts'}")
     if not report.ok:
         print(f"receipt verification FAILED: {report.first_error}")
         return 1
     print(f"verified against {key_path}.pub: every receipt's hash, signature and chain link check out")
     print(f"check them yourself: agentguard verify {run_dir / 'receipts'} --public-key {key_path}.pub")
-    missing = {"allowed", "downgraded", "BLOCKED"} - actions
+    missing = {"allow", "downgrade", "block"} - actions
     if missing:
         print(f"demo did not show: {', '.join(sorted(missing))}")
         return 1
     return 0
 
 
-__all__ = ["demo_policy", "format_usd", "run_demo"]
+__all__ = ["demo_policy", "run_demo"]

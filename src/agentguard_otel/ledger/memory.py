@@ -69,28 +69,24 @@ class MemoryLedger(Ledger):
             now = self._clock()
             self._expire(now)
             slots = [window_slot(spec.window, spec.timezone, spec.rolling, now) for spec in specs]
-            placed = list(zip(specs, slots, strict=True))
-            rows: list[_Counter] = []
-            totals: list[tuple[int, int]] = []
-            for spec, slot in placed:
-                row = self._counters.get((spec.key, slot.start))
-                if row is None:
-                    row = self._counters[(spec.key, slot.start)] = _Counter(
-                        0, 0, spec.limit_nano, spec.window, spec.timezone, now)
-                else:
-                    row.limit, row.window, row.timezone, row.touched = (
-                        spec.limit_nano, spec.window, spec.timezone, now)
-                if slot.since is not None:
+            placed = [(spec.key, slot.start) for spec, slot in zip(specs, slots, strict=True)]
+            rows = [self._counters.get(counter) for counter in placed]
+            for spec, slot, row in zip(specs, slots, rows, strict=True):
+                if row is not None and slot.since is not None:
                     self._prune_rolling(spec.key, row, slot.since)
-                rows.append(row)
-                totals.append((row.spent, row.held))
+            totals = [(row.spent, row.held) if row is not None else (0, 0) for row in rows]
             reservation = assess(specs, slots, totals, amount_nano, new_hold_id)
             if reservation.hold_id is not None:
-                for row in rows:
+                for spec, counter in zip(specs, placed, strict=True):
+                    row = self._counters.get(counter)
+                    if row is None:
+                        row = self._counters[counter] = _Counter(0, 0, spec.limit_nano, spec.window,
+                                                                 spec.timezone, now)
                     row.held += amount_nano
+                    row.limit, row.window, row.timezone, row.touched = (
+                        spec.limit_nano, spec.window, spec.timezone, now)
                 expires_at = now + ttl_seconds
-                self._holds[reservation.hold_id] = _Hold(
-                    amount_nano, expires_at, True, tuple((spec.key, slot.start) for spec, slot in placed))
+                self._holds[reservation.hold_id] = _Hold(amount_nano, expires_at, True, tuple(placed))
                 heapq.heappush(self._expiry, (expires_at, reservation.hold_id))
             return reservation
 

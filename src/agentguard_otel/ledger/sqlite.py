@@ -92,7 +92,8 @@ _CounterId = tuple[str, int]
 @functools.lru_cache(maxsize=32)
 def _matching(count: int) -> str:
     """A WHERE clause for a list of counters, spelled as ORs so each is a primary-key lookup (a
-    row-value ``IN (VALUES ...)`` makes SQLite scan the table)."""
+    row-value ``IN (VALUES ...)`` makes SQLite scan the table). Used for reads only: an UPDATE
+    with this clause is slower than one primary-key UPDATE per counter."""
     return " OR ".join(["(key = ? AND window_start = ?)"] * count)
 
 
@@ -113,9 +114,7 @@ def _hold_on_counters(count: int) -> str:
             timezone = excluded.timezone, touched = excluded.touched"""
 
 
-@functools.lru_cache(maxsize=32)
-def _update_counters(count: int) -> str:
-    return f"UPDATE counters SET spent = spent + ?, held = held - ? WHERE {_matching(count)}"
+_UPDATE_COUNTER = "UPDATE counters SET spent = spent + ?, held = held - ? WHERE key = ? AND window_start = ?"
 
 
 def _flat(placed: Sequence[_CounterId]) -> list[str | int]:
@@ -130,6 +129,36 @@ _SLID_OUT = "SELECT COALESCE(SUM(amount), 0) FROM spend_events WHERE key = ? AND
 _ENDED_WINDOWS = """
     SELECT key, window_start FROM counters AS c WHERE c.window_start <> ? AND c.held = 0
     AND c.window_start < (SELECT MAX(n.window_start) FROM counters AS n WHERE n.key = c.key)"""
+
+
+def _take_hold(conn: sqlite3.Connection, hold_id: str) -> tuple[int, list[_CounterId]] | None:
+    """Delete a hold. Returns the amount still held on its counters (0 once it expired) and
+    its counters in reservation order, or None for an unknown hold."""
+    for table, held in (("holds", "amount"), ("expired_holds", "0")):
+        hold = conn.execute(f"SELECT {held}, counters FROM {table} WHERE hold_id = ?",
+                            (hold_id,)).fetchone()
+        if hold is not None:
+            conn.execute(f"DELETE FROM {table} WHERE hold_id = ?", (hold_id,))
+            return hold[0], [(key, start) for key, start in json.loads(hold[1])]
+    return None
+
+
+def _record_rolling(conn: sqlite3.Connection, key: str, actual_nano: int, now: float) -> None:
+    """Stamp a settlement on a rolling counter at ``now``, the moment its cost became known."""
+    (window,) = conn.execute("SELECT window FROM counters WHERE key = ? AND window_start = ?",
+                             (key, ROLLING_START)).fetchone()
+    _prune_rolling(conn, key, rolling_cutoff(window, now))
+    conn.execute("INSERT INTO spend_events (key, ts, amount) VALUES (?, ?, ?)", (key, now, actual_nano))
+
+
+def _prune_rolling(conn: sqlite3.Connection, key: str, since: float) -> None:
+    """Drop the spend events that slid out of a rolling window and take them off its total."""
+    (slid_out,) = conn.execute(_SLID_OUT, (key, since)).fetchone()
+    if slid_out:
+        conn.execute("DELETE FROM spend_events WHERE key = ? AND ts <= ?", (key, since))
+        conn.execute("UPDATE counters SET spent = spent - ? WHERE key = ? AND window_start = ?",
+                     (slid_out, key, ROLLING_START))
+
 
 # Connections inherited through fork() are parked here: closing them in the child could unlock
 # or checkpoint the parent's database, so they are neither used nor closed.
@@ -150,13 +179,12 @@ class _Connection:
             _INHERITED.append(self.conn)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Tx:
-    """An open transaction: its connection, the time it runs at, and whether to keep its writes."""
+    """An open transaction: its connection and the time it runs at."""
 
     conn: sqlite3.Connection
     now: float
-    commit: bool = True
 
 
 class SQLiteLedger(Ledger):
@@ -190,7 +218,7 @@ class SQLiteLedger(Ledger):
             placed = [(spec.key, slot.start) for spec, slot in zip(specs, slots, strict=True)]
             for spec, slot in zip(specs, slots, strict=True):
                 if slot.since is not None:
-                    self._prune_rolling(tx.conn, spec.key, slot.since)
+                    _prune_rolling(tx.conn, spec.key, slot.since)
             found: dict[_CounterId, tuple[int, int]] = {}
             if specs:
                 found = {(key, start): (spent, held) for key, start, spent, held, _limit, _tz in
@@ -210,14 +238,16 @@ class SQLiteLedger(Ledger):
     def settle(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
         check_nano(actual_nano, "actual_nano")
         with self._transaction() as tx:
-            taken = self._take_hold(tx.conn, hold_id)
-            if taken is None or not taken[1]:
+            taken = _take_hold(tx.conn, hold_id)
+            if taken is None:
                 return ()
             held_part, placed = taken
+            if not placed:
+                return ()
             for key, start in placed:
                 if start == ROLLING_START:
-                    self._record_rolling(tx.conn, key, actual_nano, tx.now)
-            tx.conn.execute(_update_counters(len(placed)), [actual_nano, held_part, *_flat(placed)])
+                    _record_rolling(tx.conn, key, actual_nano, tx.now)
+            tx.conn.executemany(_UPDATE_COUNTER, [(actual_nano, held_part, *counter) for counter in placed])
             after = {(key, start): CounterState(key, window_start_datetime(start, tz), spent, held, limit)
                      for key, start, spent, held, limit, tz in
                      tx.conn.execute(_select_counters(len(placed)), _flat(placed))}
@@ -225,12 +255,12 @@ class SQLiteLedger(Ledger):
 
     def release(self, hold_id: str) -> None:
         with self._transaction() as tx:
-            taken = self._take_hold(tx.conn, hold_id)
+            taken = _take_hold(tx.conn, hold_id)
             if taken is None:
                 return
             held_part, placed = taken
             if held_part and placed:
-                tx.conn.execute(_update_counters(len(placed)), [0, held_part, *_flat(placed)])
+                tx.conn.executemany(_UPDATE_COUNTER, [(0, held_part, *counter) for counter in placed])
 
     def renew(self, hold_id: str, ttl_seconds: float) -> None:
         check_ttl(ttl_seconds)
@@ -250,7 +280,7 @@ class SQLiteLedger(Ledger):
             for key, _touched, start, window, timezone, limit in latest:
                 slot = window_slot(window, timezone, start == ROLLING_START, tx.now)
                 if slot.since is not None:
-                    self._prune_rolling(tx.conn, key, slot.since)
+                    _prune_rolling(tx.conn, key, slot.since)
                 row = tx.conn.execute("SELECT spent, held FROM counters WHERE key = ? AND window_start = ?",
                                       (key, slot.start)).fetchone()
                 spent, held = row if row is not None else (0, 0)
@@ -281,43 +311,14 @@ class SQLiteLedger(Ledger):
                 if conn.in_transaction:  # some errors (e.g. a full disk) already rolled back
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT" if tx.commit else "ROLLBACK")
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"SQLite ledger {self._path}: {exc}") from exc
-
-    @staticmethod
-    def _take_hold(conn: sqlite3.Connection, hold_id: str) -> tuple[int, list[_CounterId]] | None:
-        """Delete a hold. Returns the amount still held on its counters (0 once it expired) and
-        its counters in reservation order, or None for an unknown hold."""
-        for table, held in (("holds", "amount"), ("expired_holds", "0")):
-            hold = conn.execute(f"SELECT {held}, counters FROM {table} WHERE hold_id = ?",
-                                (hold_id,)).fetchone()
-            if hold is not None:
-                conn.execute(f"DELETE FROM {table} WHERE hold_id = ?", (hold_id,))
-                return hold[0], [(key, start) for key, start in json.loads(hold[1])]
-        return None
-
-    def _record_rolling(self, conn: sqlite3.Connection, key: str, actual_nano: int, now: float) -> None:
-        """Stamp a settlement on a rolling counter at ``now``, the moment its cost became known."""
-        (window,) = conn.execute("SELECT window FROM counters WHERE key = ? AND window_start = ?",
-                                 (key, ROLLING_START)).fetchone()
-        self._prune_rolling(conn, key, rolling_cutoff(window, now))
-        conn.execute("INSERT INTO spend_events (key, ts, amount) VALUES (?, ?, ?)", (key, now, actual_nano))
-
-    @staticmethod
-    def _prune_rolling(conn: sqlite3.Connection, key: str, since: float) -> None:
-        """Drop the spend events that slid out of a rolling window and take them off its total."""
-        (slid_out,) = conn.execute(_SLID_OUT, (key, since)).fetchone()
-        if slid_out:
-            conn.execute("DELETE FROM spend_events WHERE key = ? AND ts <= ?", (key, since))
-            conn.execute("UPDATE counters SET spent = spent - ? WHERE key = ? AND window_start = ?",
-                         (slid_out, key, ROLLING_START))
 
     def _expire(self, tx: _Tx) -> None:
         for hold_id, amount, expires_at, counters in tx.conn.execute(_EXPIRED, (tx.now,)).fetchall():
             placed = [(key, start) for key, start in json.loads(counters)]
-            if placed:
-                tx.conn.execute(_update_counters(len(placed)), [0, amount, *_flat(placed)])
+            tx.conn.executemany(_UPDATE_COUNTER, [(0, amount, *counter) for counter in placed])
             tx.conn.execute("DELETE FROM holds WHERE hold_id = ?", (hold_id,))
             tx.conn.execute(_KEEP_EXPIRED_HOLD, (hold_id, expires_at, counters))
         if tx.now >= self._next_gc:
@@ -337,7 +338,7 @@ class SQLiteLedger(Ledger):
         conn.executemany("DELETE FROM counters WHERE key = ? AND window_start = ?", ended)
         for key, window in conn.execute("SELECT key, window FROM counters WHERE window_start = ?",
                                         (ROLLING_START,)).fetchall():
-            self._prune_rolling(conn, key, rolling_cutoff(window, now))
+            _prune_rolling(conn, key, rolling_cutoff(window, now))
 
     def _connection(self) -> sqlite3.Connection:
         handle: _Connection | None = getattr(self._local, "handle", None)

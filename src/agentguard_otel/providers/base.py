@@ -61,10 +61,7 @@ def get_path(obj: Any, path: Path) -> Any:
     for part in path:
         if obj is None:
             return None
-        if isinstance(obj, Mapping):
-            obj = obj.get(part)
-        else:
-            obj = getattr(obj, part, None)
+        obj = obj.get(part) if isinstance(obj, Mapping) else getattr(obj, part, None)
     return obj
 
 

@@ -198,9 +198,9 @@ class OpenAIAdapter(StainlessAdapter):
     def response_body(self, result: Any) -> Any | None:
         streams, raw = self._wrappers
         if isinstance(result, streams):
-            return result.response
+            return getattr(result, "response", None)
         if isinstance(result, raw):
-            return result.http_response
+            return getattr(result, "http_response", None)
         return None
 
     @staticmethod

@@ -14,6 +14,7 @@ so no consumption style slips past. The observer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import weakref
@@ -85,14 +86,12 @@ class BodyObserver:
         rest, self._buffer = self._buffer, b""
         if not self.sse:
             if rest:
-                try:
+                with contextlib.suppress(ValueError):  # not JSON (an error page): no usage to read
                     self.reader.on_body(loads(rest))
-                except ValueError:
-                    pass  # not JSON (an error page): nothing to read usage from
             return b""
         if rest.strip() and self._digest(rest):
             return b""
-        return rest if self.sse else b""
+        return rest
 
     def _digest(self, block: bytes) -> bool:
         event: str | None = None

@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -41,11 +41,15 @@ class ReceiptWriter:
     and settlement receipts in the chain so far}``) are written every ``checkpoint_every`` receipts, as
     the last line of a segment that reached ``segment_max_bytes`` (the chain continues in the next
     segment) and at ``close()``. Nothing is registered globally; the owner calls ``close()``.
+
+    ``on_checkpoint`` is called with each checkpoint receipt once it is written, so an owner exporting
+    receipts (e.g. as log records) can export checkpoints too: without them an exported chain has gaps.
     """
 
     def __init__(self, directory: StrPath, key: SigningKey, *,
                  segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
-                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> None:
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
         if segment_max_bytes <= 0 or checkpoint_every <= 0:
             raise ValueError("segment_max_bytes and checkpoint_every must be positive")
         self.directory = Path(directory)
@@ -56,6 +60,7 @@ class ReceiptWriter:
         self.key = key
         self.segment_max_bytes = segment_max_bytes
         self.checkpoint_every = checkpoint_every
+        self.on_checkpoint = on_checkpoint
         self._locks: dict[int, threading.Lock] = {}
         self._closed = False
         self._fd: int | None = None
@@ -165,6 +170,11 @@ class ReceiptWriter:
         if self._size >= self.segment_max_bytes:
             self._end_segment()
             self._segment += 1
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint(receipt)
+            except Exception:  # the checkpoint is on disk; an exporter's failure must not undo that
+                logger.exception("agentguard: on_checkpoint callback failed")
         return receipt
 
     def _write(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
