@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -130,10 +130,15 @@ class Guard:
         span = self.telemetry.start_call(request, scope)
         try:
             decision = self._decide(request, scope)
-            receipt = self._sign("decision", self._decision_body(request, scope, decision), span)
         except BaseException as exc:
             span.fail(exc)
             raise
+        receipt: dict[str, Any] | None
+        try:
+            receipt = self._sign("decision", self._decision_body(request, scope, decision), span)
+        except (OSError, ValueError) as exc:
+            decision = self._unsigned(decision, exc)
+            receipt = None
         self.telemetry.on_decision(span, request, scope, decision, receipt)
         if decision.action == "block":
             error = AgentGuardBlocked(
@@ -253,6 +258,17 @@ class Guard:
                 noted.append(_Outcome(c.cap.action, self._cap_reason(c), c.rule.id, c))
         return noted
 
+    def _unsigned(self, decision: Decision, exc: BaseException) -> Decision:
+        """The decision receipt could not be written: no call may pass unrecorded in ``closed``
+        mode; ``open`` mode lets it through, marked degraded."""
+        logger.error("agentguard: could not write the decision receipt of call %s: %s", decision.call_id, exc)
+        if self.policy.failure_mode == "open" or decision.action == "block":
+            return replace(decision, degraded=True)
+        if decision.hold_id is not None:
+            self.ledger.release(decision.hold_id)
+        return replace(decision, action="block", reason=f"receipts unavailable (failure_mode closed): {exc}",
+                       hold_id=None, changes=RequestChanges(), degraded=True)
+
     def _violation(self, request: LLMRequest, scope: Scope, rules: list[Rule], price: ModelPrice,
                    unknown: bool) -> _Outcome | None:
         """Checks that need no ledger: capability, model allow-lists, unknown model."""
@@ -354,12 +370,12 @@ class GuardedCall:
     """A decided call in flight: settles exactly once, however it ends."""
 
     def __init__(self, guard: Guard, request: LLMRequest, scope: Scope, decision: Decision,
-                 receipt: Mapping[str, Any], span: CallSpan) -> None:
+                 receipt: Mapping[str, Any] | None, span: CallSpan) -> None:
         self.guard = guard
         self.request = request
         self.scope = scope
         self.decision = decision
-        self.decision_hash = str(receipt["hash"])
+        self.decision_hash = str(receipt["hash"]) if receipt else None
         self.span = span
         self.started = time.monotonic()
         self._last_renew = self.started
@@ -420,6 +436,8 @@ class GuardedCall:
             "response_model": info.response_model,
             "actual_nano": actual,
             "estimated_nano": self.decision.estimated_nano,
+            # 0 in strict estimation (the bound is proven); in expected estimation, reported here.
+            "overshoot_nano": max(0, actual - self.decision.estimated_nano),
             "cost_source": source,
             "usage": _usage_dict(usage),
             "error_type": type(exc).__name__ if exc is not None else None,
@@ -428,7 +446,7 @@ class GuardedCall:
         receipt: dict[str, Any] | None
         try:
             receipt = guard._sign("settlement", body, self.span)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # disk trouble, or a stream settling after uninstrument()
             logger.error("agentguard: could not write settlement receipt for %s: %s", self.decision.call_id, err)
             receipt = None
         guard.telemetry.on_settlement(self.span, self.request, self.scope, self.decision, info, actual, source,

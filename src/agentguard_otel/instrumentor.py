@@ -48,9 +48,9 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         prices = PriceBook(overrides=settings.pricing, catalog_dir=settings.catalog_dir)
         key = config.signing_key(settings.signing_key)
         ledger = open_ledger(settings.ledger)
-        receipts = ReceiptWriter(settings.receipts, key)
         telemetry = Telemetry(kwargs.get("tracer_provider"), kwargs.get("meter_provider"),
                               kwargs.get("logger_provider"))
+        receipts = ReceiptWriter(settings.receipts, key, on_checkpoint=telemetry.emit_receipt)
         scope.set_defaults(settings.scope_defaults)
         self._guard = Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry)
         self._hooks = []

@@ -154,9 +154,9 @@ def _resign(path: Path, attacker: SigningKey, *, claim_key_id: str | None = None
         if receipt["kind"] == "checkpoint":
             receipt["head"]["hash"] = prev
         receipt["estimated_nano"] = 0
-        sealed = seal(receipt, attacker)
+        sealed, line = seal(receipt, attacker)
         prev = sealed["hash"]
-        out.append(receipt_line(sealed))
+        out.append(line)
     path.write_bytes(b"".join(out))
 
 

@@ -18,6 +18,7 @@ import pytest
 import rfc8785
 
 from agentguard_otel.receipts import ZERO_HASH, SigningKey, segment_file_name, verify
+from agentguard_otel.receipts.format import receipt_line
 
 from .conftest import WriterFactory, decision_body, read_lines, segments
 
@@ -50,9 +51,9 @@ def test_receipts_chain_by_seq_and_prev_one_line_each(make_writer: WriterFactory
     (segment,) = segments(receipts_dir)
     assert segment.name == segment_file_name(writer.chain, 0)
     raw = segment.read_bytes()
-    # The line is the returned dict serialized as telemetry exports it, byte for byte.
-    assert raw == b"".join((json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-                           for r in written)
+    # Each line is the canonical form of the returned receipt, with its seal appended, byte for byte.
+    assert raw == b"".join(receipt_line(r) for r in written)
+    assert [json.loads(line) for line in raw.splitlines()] == written
     assert stat.S_IMODE(segment.stat().st_mode) & ~0o640 == 0
 
 

@@ -39,9 +39,7 @@ def test_embedding_vector_is_exact_in_float32() -> None:
 
 def test_embeddings_default_base64_matches_float(client: openai.OpenAI, local: LocalOpenAIServer) -> None:
     default = client.embeddings.create(model=EMBEDDING_MODEL, input=["a", "hello world"])
-    floats = client.embeddings.create(
-        model=EMBEDDING_MODEL, input=["a", "hello world"], encoding_format="float"
-    )
+    floats = client.embeddings.create(model=EMBEDDING_MODEL, input=["a", "hello world"], encoding_format="float")
     assert local.requests[0].body is not None and local.requests[0].body["encoding_format"] == "base64"
     assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
     assert [d.embedding for d in floats.data] == [embedding_vector("a"), embedding_vector("hello world")]
@@ -128,8 +126,7 @@ def test_bad_requests_are_openai_400s(local: LocalOpenAIServer, body: bytes, par
 def test_unframed_request_body_is_refused_and_connection_closed(local: LocalOpenAIServer) -> None:
     with socket.create_connection(("127.0.0.1", local.port), timeout=5) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"2\r\n{}\r\n0\r\n\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
         )
         answer = b""
         while chunk := sock.recv(4096):

@@ -45,10 +45,7 @@ def test_fail_next_raises_sdk_errors(
     assert raised.value.body == {"message": "boom", "type": error_type, "param": None, "code": code}
     retry_headers = {k: v for k, v in raised.value.response.headers.items() if k.startswith("retry-after")}
     assert retry_headers == ({} if status == 400 else {"retry-after": "0", "retry-after-ms": "1"})
-    assert (
-        client.chat.completions.create(model=MODEL, messages=USER).choices[0].message.content
-        == REPLY_SENTENCE
-    )
+    assert client.chat.completions.create(model=MODEL, messages=USER).choices[0].message.content == REPLY_SENTENCE
 
 
 def test_fail_next_counts_only_llm_requests(client: openai.OpenAI, local: LocalOpenAIServer) -> None:
@@ -92,9 +89,7 @@ def test_cut_chat_stream_raises_in_sdk(client: openai.OpenAI, local: LocalOpenAI
     assert len(list(client.chat.completions.create(model=MODEL, messages=USER, stream=True))) == 26
 
 
-def test_cut_responses_stream_raises_in_stream_helper(
-    client: openai.OpenAI, local: LocalOpenAIServer
-) -> None:
+def test_cut_responses_stream_raises_in_stream_helper(client: openai.OpenAI, local: LocalOpenAIServer) -> None:
     local.cut_stream_after(5)
     types = []
     with (
@@ -213,9 +208,7 @@ def test_main_serves_until_interrupted() -> None:
         assert process.stdout is not None
         base_url = process.stdout.readline().strip()
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api/v1")
-        reply = httpx2.post(
-            f"{base_url}/chat/completions", json={"model": "m", "messages": USER}, timeout=5
-        ).json()
+        reply = httpx2.post(f"{base_url}/chat/completions", json={"model": "m", "messages": USER}, timeout=5).json()
         assert reply["choices"][0]["message"]["content"] == "This is"
         assert "cost" in reply["usage"]
         process.send_signal(signal.SIGINT)

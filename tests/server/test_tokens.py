@@ -20,9 +20,7 @@ from agentguard_otel.demo.server import (
 
 texts = st.text(max_size=60)
 contents = st.one_of(texts, st.lists(texts.map(lambda t: {"type": "text", "text": t}), max_size=3))
-messages = st.lists(
-    st.fixed_dictionaries({"role": st.just("user"), "content": contents}), min_size=1, max_size=5
-)
+messages = st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": contents}), min_size=1, max_size=5)
 
 
 def strict_bound(utf8_bytes: int, message_count: int) -> int:

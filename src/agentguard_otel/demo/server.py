@@ -27,8 +27,14 @@ Deterministic token accounting, so tests can assert exact usage and cost:
   computed with Decimal from ``prices_usd_per_mtok`` (unlisted models: `DEFAULT_PRICE_USD_PER_MTOK`),
   written as a JSON number (exact for any cost of at most 15 significant digits).
 
-Test hooks: `LocalOpenAIServer.fail_next` (injected OpenAI-format errors) and
-`LocalOpenAIServer.cut_stream_after` (a stream that drops its connection mid-way).
+Models: the response echoes the requested model. A model named "unavailable/..." gets a 404; in
+OpenRouter mode a ``models`` list in the body is a fallback list and the first entry not named
+"unavailable/..." answers (and is echoed), so fallbacks can be exercised.
+
+Test hooks: `LocalOpenAIServer.fail_next` (injected OpenAI-format errors; 429/5xx carry
+``retry-after: 0`` and ``retry-after-ms: 1`` so SDK retries are immediate),
+`LocalOpenAIServer.cut_stream_after` (a stream that drops its connection mid-way),
+`LocalOpenAIServer.requests` and `LocalOpenAIServer.connections_accepted`.
 """
 
 from __future__ import annotations
@@ -187,9 +193,7 @@ class _ApiError(Exception):
     def reply(self) -> _Reply:
         default_type = "server_error" if self.status >= 500 else "invalid_request_error"
         error_type = self.error_type or _ERROR_TYPES.get(self.status, default_type)
-        payload = {
-            "error": {"message": self.message, "type": error_type, "param": self.param, "code": self.code}
-        }
+        payload = {"error": {"message": self.message, "type": error_type, "param": self.param, "code": self.code}}
         # retry-after-ms: 1 makes SDK retries immediate (the SDK ignores a zero delay and backs off).
         retry = (("retry-after", "0"), ("retry-after-ms", "1"))
         return _Reply(self.status, payload, headers=retry if self.status == 429 or self.status >= 500 else ())
@@ -485,16 +489,12 @@ class LocalOpenAIServer:
             self._state.requests.append(RecordedRequest(method, path, body, recorded))
         endpoint = self._route(method, path)
         if endpoint is None:
-            return _ApiError(
-                404, f"Invalid URL ({method} {path})", error_type="invalid_request_error"
-            ).reply()
+            return _ApiError(404, f"Invalid URL ({method} {path})", error_type="invalid_request_error").reply()
         with self._lock:
             failure = self._state.failures.popleft() if self._state.failures else None
         try:
             if failure is not None:
-                raise _ApiError(
-                    failure[0], failure[1], code="rate_limit_exceeded" if failure[0] == 429 else None
-                )
+                raise _ApiError(failure[0], failure[1], code="rate_limit_exceeded" if failure[0] == 429 else None)
             if body is None:
                 raise _ApiError(400, "We could not parse the JSON body of your request.")
             return endpoint(body)
@@ -582,9 +582,7 @@ class LocalOpenAIServer:
             "model": model,
         }
         if self.openrouter:
-            envelope["provider"] = (
-                _PROVIDER_NAMES.get(model.split("/", 1)[0], "OpenAI") if "/" in model else "OpenAI"
-            )
+            envelope["provider"] = _PROVIDER_NAMES.get(model.split("/", 1)[0], "OpenAI") if "/" in model else "OpenAI"
         return envelope
 
     # endpoints ----------------------------------------------------------------------------------
@@ -660,9 +658,7 @@ class LocalOpenAIServer:
         if items and all(isinstance(i, int) for i in items):
             items = [items]  # one token-id array
         if not items or not all(isinstance(i, (str, list)) for i in items):
-            raise _ApiError(
-                400, "'input' must be a string, an array of strings or token arrays.", param="input"
-            )
+            raise _ApiError(400, "'input' must be a string, an array of strings or token arrays.", param="input")
         dimensions = body.get("dimensions") or EMBEDDING_DEFAULT_DIMENSIONS
         if not isinstance(dimensions, int) or dimensions < 1:
             raise _ApiError(400, "'dimensions' must be a positive integer.", param="dimensions")
@@ -673,9 +669,7 @@ class LocalOpenAIServer:
             text = item if isinstance(item, str) else ",".join(map(str, item))
             tokens += text_tokens(item) if isinstance(item, str) else len(item)
             vector = embedding_vector(text, dimensions)
-            encoded: Any = (
-                base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if use_base64 else vector
-            )
+            encoded: Any = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if use_base64 else vector
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         usage = {"prompt_tokens": tokens, "total_tokens": tokens, **self._cost(model, tokens, 0)}
         return _Reply(200, {"object": "list", "data": data, "model": model, "usage": usage})
@@ -689,9 +683,7 @@ class LocalOpenAIServer:
             texts.append(raw_input)
             messages = 1
         elif isinstance(raw_input, list):
-            texts += [
-                t for item in raw_input if isinstance(item, dict) for t in _content_texts(item.get("content"))
-            ]
+            texts += [t for item in raw_input if isinstance(item, dict) for t in _content_texts(item.get("content"))]
             messages = len(raw_input)
         else:
             raise _ApiError(400, "'input' must be a string or an array of input items.", param="input")
@@ -768,10 +760,7 @@ class LocalOpenAIServer:
                 "item": {**item, "status": "in_progress", "content": []},
             },
             {"type": "response.content_part.added", **at, "part": part("")},
-            *(
-                {"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
-                for piece in done.pieces
-            ),
+            *({"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []} for piece in done.pieces),
             {"type": "response.output_text.done", **at, "text": done.text, "logprobs": []},
             {"type": "response.content_part.done", **at, "part": part(done.text)},
             {"type": "response.output_item.done", "output_index": 0, "item": item},

@@ -87,7 +87,7 @@ def _timeout_seconds(client: Any, options: Any) -> float | None:
         numbers = [float(p) for p in parts if isinstance(p, (int, float))]
         if not numbers:
             return None
-        seconds = sum(numbers)
+        seconds = max(numbers)  # each phase has its own limit; progress renews a streaming hold
     retries = getattr(options, "max_retries", None)
     if not isinstance(retries, int):
         retries = getattr(client, "max_retries", 0)

@@ -12,12 +12,12 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from agentguard_otel.receipts.format import RESERVED_FIELDS, VERSION, ZERO_HASH, receipt_line, seal
+from agentguard_otel.receipts.format import RESERVED_FIELDS, VERSION, ZERO_HASH, seal
 from agentguard_otel.receipts.keys import SigningKey, StrPath
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,13 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "
 def segment_file_name(chain: str, segment: int) -> str:
     """File name of one segment of a chain (chain ids are ``ed25519:<hex>:<hex>``, so ``_`` is free)."""
     return f"{chain.replace(':', '_')}.{segment:05d}.ndjson"
+
+
+def _utc_timestamp() -> str:
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-23T10:20:02.123456Z`` (cheaper than datetime)."""
+    micros = time.time_ns() // 1000
+    seconds, fraction = divmod(micros, 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{fraction:06d}Z"
 
 
 class ReceiptWriter:
@@ -180,11 +187,10 @@ class ReceiptWriter:
     def _write(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "v": VERSION, "kind": kind, "chain": self._chain, "seq": self._seq, "prev": self._prev,
-            "ts": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "ts": _utc_timestamp(),
             **body, "key_id": self.key.key_id,
         }
-        receipt = seal(fields, self.key)
-        line = receipt_line(receipt)
+        receipt, line = seal(fields, self.key)
         fd = self._segment_fd()
         try:
             written = os.write(fd, line)
