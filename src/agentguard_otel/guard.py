@@ -76,12 +76,7 @@ class Decision:
     hold_id: str | None = None
     degraded: bool = False
     unknown_model: bool = False
-    caps: tuple[CapRef, ...] = ()
-    states: tuple[CounterState, ...] = ()
-
-    @property
-    def budget(self) -> tuple[BudgetReading, ...]:
-        return budget_readings(self.caps, self.states)
+    caps: tuple[CapRef, ...] = ()  # every cap that applied, to read the budget at settlement
 
 
 @dataclass
@@ -176,7 +171,7 @@ class Guard:
                             cap=outcome.cap, model_effective=model, estimated_nano=estimate, price=price,
                             changes=changes, would=would, unknown_model=unknown, degraded=degraded,
                             hold_id=reservation.hold_id if reservation and admitted else None,
-                            caps=tuple(caps), states=reservation.states if reservation else (), **base)
+                            caps=tuple(caps), **base)
 
         def reserve(specs: list[CounterSpec], model: str, estimate: int, price: ModelPrice,
                     unknown: bool) -> Reservation | Decision:

@@ -174,7 +174,6 @@ class Telemetry:
         if decision.rule_id is not None:
             labels["agentguard.rule.id"] = decision.rule_id
         self.decisions.add(1, labels)
-        self._record_budget(decision.budget)
 
     def on_settlement(self, call: CallSpan, request: LLMRequest, scope: Scope, decision: Decision,
                       info: ResponseInfo, actual_nano: int, cost_source: str, receipt: Mapping[str, Any] | None,

@@ -56,7 +56,9 @@ def test_zero_code_exports_spans_metrics_and_verifiable_receipts(tmp_path: Path,
 
     records = [json.loads(log["body"]["stringValue"]) for log in receiver.logs()
                if log.get("eventName") == "agentguard.receipt"]
-    assert len(records) == 9  # a decision and a settlement per call, a decision for the blocked one
+    # a decision and a settlement per call, a decision for the blocked one, the checkpoint written at exit
+    assert [r["kind"] for r in records].count("checkpoint") == 1
+    assert len(records) == 10
     span_hashes = {s["attributes"]["agentguard.receipt.hash"] for s in spans}
     assert span_hashes <= {r["hash"] for r in records}
     keys = load_public_keys([Path(f"{key}.pub")])

@@ -34,7 +34,7 @@ def caps(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         # PyYAML's emitter writes NEL/LS/PS raw under allow_unicode and its reader folds them as line
         # breaks: a quirk of the YAML writer used by this test, not of the policy loader.
-        cap["reason"] = draw(st.text(st.characters(exclude_characters="\x85\u2028\u2029"), max_size=20))
+        cap["reason"] = draw(st.text(st.characters(codec="utf-8", exclude_characters="\x85\u2028\u2029"), max_size=20))
     if window != "call":
         cap["rolling"] = draw(st.booleans())
     return cap

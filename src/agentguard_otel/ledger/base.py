@@ -183,7 +183,7 @@ def assess(specs: Sequence[CounterSpec], slots: Sequence[Slot], totals: Sequence
     admitted. ``hold_id`` is called only on admission, so a denial never names a hold.
     """
     exceeded = tuple(spec for spec, (spent, held) in zip(specs, totals, strict=True)
-                     if spec.enforce and spent + held + amount_nano >= spec.limit_nano)
+                     if spec.enforce and spent + held + amount_nano > spec.limit_nano)
     admitted = not exceeded
     added = amount_nano if admitted else 0
     states = tuple(
