@@ -37,12 +37,13 @@ class FakeClock:
 
     def set_local(self, timezone: str, *fields: int, fold: int = 0) -> None:
         """Jump to a wall-clock time in ``timezone`` (``fold=1``: the second of a repeated time)."""
-        self.now = datetime(*fields, tzinfo=zone(timezone), fold=fold).timestamp()
+        self.now = local(timezone, *fields, fold=fold).timestamp()
 
 
-def local(timezone: str, *fields: int, fold: int = 0) -> datetime:
+def local(timezone: str, year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
+          *, fold: int = 0) -> datetime:
     """An aware wall-clock datetime, to compare with ``CounterState.window_start``."""
-    return datetime(*fields, tzinfo=zone(timezone), fold=fold)
+    return datetime(year, month, day, hour, minute, second, tzinfo=zone(timezone), fold=fold)
 
 
 @pytest.fixture

@@ -4,15 +4,15 @@ simple model of the contract, on every backend."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from agentguard_otel.ledger import CounterSpec, Ledger
+from agentguard_otel.ledger import CounterSpec
 from agentguard_otel.ledger.base import ROLLING_SECONDS
 
 from .conftest import LEDGER_FACTORIES, FakeClock, local
@@ -34,13 +34,16 @@ class ModelHold:
 
 
 class LedgerMachine(RuleBasedStateMachine):
+    """Subclassed per backend, naming it in ``backend``."""
+
+    backend: ClassVar[str]
     holds = Bundle("holds")
 
-    def __init__(self, factory: Callable[[Path, FakeClock], Ledger]) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.directory = tempfile.TemporaryDirectory()
         self.clock = FakeClock(local("Asia/Kolkata", 2024, 5, 15, 15, 30).timestamp())
-        self.ledger = factory(Path(self.directory.name), self.clock)
+        self.ledger = LEDGER_FACTORIES[self.backend](Path(self.directory.name), self.clock)
         self.open: dict[str, ModelHold] = {}
         self.spent = {spec.key: 0 for spec in COUNTERS}
         self.events: list[tuple[float, int]] = []  # settled spend of the rolling counter
@@ -117,8 +120,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 def test_ledger_matches_the_model(backend: str) -> None:
-    factory = LEDGER_FACTORIES[backend]
+    machine = type(f"LedgerMachine_{backend}", (LedgerMachine,), {"backend": backend})
     run_state_machine_as_test(
-        lambda: LedgerMachine(factory),
+        machine,
         settings=settings(max_examples=60, stateful_step_count=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow]))

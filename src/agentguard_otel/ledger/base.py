@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 WindowName = Literal["minute", "hour", "day", "week", "month"]
@@ -30,8 +30,8 @@ ROLLING_SECONDS: dict[str, int] = {
     "month": 30 * 86_400,
 }
 
-#: Stored ``window_start`` of a rolling counter. A rolling counter has a single row (its limit and
-#: live holds); its spend lives in time-stamped spend events instead of a per-window total.
+#: Stored ``window_start`` of a rolling counter. A rolling counter has a single row; its ``spent``
+#: is the running total of its time-stamped spend events, less those that slid out of the window.
 ROLLING_START = -1
 
 #: An expired hold is kept this long so that a late settlement still records its spend.
@@ -39,6 +39,8 @@ HOLD_RETENTION_SECONDS = 86_400.0
 
 #: How often a backend drops dead holds, finished windows and slid-out spend events.
 GC_INTERVAL_SECONDS = 60.0
+
+_LedgerT = TypeVar("_LedgerT", bound="Ledger")
 
 Clock = Callable[[], float]
 """Seconds since the epoch (``time.time`` by default: windows are wall-clock windows); injectable
@@ -205,6 +207,8 @@ class Ledger(ABC):
     Settling or releasing an unknown, already settled or released hold does nothing and returns
     ``()``. An expired hold stops counting as held, but settling it later still records the spend
     in the window the hold was made in (expired holds are kept :data:`HOLD_RETENTION_SECONDS`).
+    On a rolling counter the spend is stamped at settlement, when the cost becomes known, and
+    counts while that instant lies in ``(now - length, now]``.
     """
 
     @abstractmethod
@@ -231,7 +235,7 @@ class Ledger(ABC):
     def close(self) -> None:
         """Free connections; the ledger must not be used afterwards."""
 
-    def __enter__(self) -> Ledger:
+    def __enter__(self: _LedgerT) -> _LedgerT:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
