@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import importlib.util
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
@@ -16,25 +17,21 @@ from agentguard_otel.guard import Guard
 from agentguard_otel.ledger import open_ledger
 from agentguard_otel.policy import load_policy
 from agentguard_otel.pricing import PriceBook
-from agentguard_otel.providers.openai import OpenAIAdapter
-from agentguard_otel.providers.stainless import StainlessAdapter, StainlessHook
+from agentguard_otel.providers import INTEGRATION_MODULES, Hook, Integration
 from agentguard_otel.receipts import ReceiptWriter
 from agentguard_otel.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
-
-# Every adapter the package has; each is enabled only when its SDK is installed in a supported version.
-ADAPTERS: tuple[Callable[[], StainlessAdapter], ...] = (OpenAIAdapter,)
 
 
 class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Spend governance for LLM SDK calls; see the package README for arguments."""
 
     _guard: Guard | None = None
-    _hooks: list[StainlessHook]
+    _hooks: list[Hook]
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        # Each provider SDK is optional: adapters check their own SDK, so none is required here.
+        # Each provider SDK is optional: integrations check their own SDK, so none is required here.
         return ()
 
     @property
@@ -54,11 +51,8 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         scope.set_defaults(settings.scope_defaults)
         self._guard = Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry)
         self._hooks = []
-        for make in ADAPTERS:
-            adapter = make() if self._sdk_supported(make) else None
-            if adapter is None:
-                continue
-            hook = StainlessHook(adapter, lambda: self._guard)
+        for integration in _installed_integrations():
+            hook = integration.make_hook(lambda: self._guard)
             hook.instrument()
             self._hooks.append(hook)
         atexit.register(self._close)
@@ -76,14 +70,18 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             guard.receipts.close()
             guard.ledger.close()
 
-    @staticmethod
-    def _sdk_supported(make: Callable[[], StainlessAdapter]) -> bool:
-        module = getattr(make, "module", "")
-        if importlib.util.find_spec(module) is None:
-            return False
-        conflict = get_dependency_conflicts([getattr(make, "requirement", module)])
-        if conflict is not None:
-            logger.warning("agentguard: %s; calls through it are NOT guarded", conflict)
-            return False
-        return True
 
+def _installed_integrations() -> list[Integration]:
+    """Integrations whose SDK is installed in a version the adapter supports (others are skipped,
+    a version conflict with a warning: those calls would not be guarded)."""
+    found = []
+    for module, sdk in INTEGRATION_MODULES:
+        if importlib.util.find_spec(sdk) is None:
+            continue
+        integration: Integration = importlib.import_module(module).INTEGRATION
+        conflict = get_dependency_conflicts([integration.requirement])
+        if conflict is not None:
+            logger.warning("agentguard: %s; calls through %s are NOT guarded", conflict, sdk)
+            continue
+        found.append(integration)
+    return found

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentguard_otel.money import usd_to_nano
+from agentguard_otel.providers import Integration
 from agentguard_otel.providers.base import ResponseInfo, UsageFields, get_path
-from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter
+from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
 OPENROUTER_HOST = "openrouter.ai"
@@ -166,7 +167,6 @@ class EmbeddingsReader(_Reader):
 
 class OpenAIAdapter(StainlessAdapter):
     module = "openai"
-    requirement = "openai >= 1.60"
     endpoints = ENDPOINTS
 
     def __init__(self) -> None:
@@ -211,3 +211,6 @@ class OpenAIAdapter(StainlessAdapter):
         response = importlib.import_module("openai._response")
         return ((streaming.Stream, streaming.AsyncStream),
                 (legacy.LegacyAPIResponse, response.BaseAPIResponse))
+
+
+INTEGRATION = Integration("openai >= 1.60", lambda guard: StainlessHook(OpenAIAdapter(), guard))

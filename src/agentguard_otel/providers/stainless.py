@@ -18,7 +18,8 @@ from typing import Any
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from agentguard_otel.guard import Guard, GuardedCall
+from agentguard_otel.guard import GuardedCall
+from agentguard_otel.providers import GuardRef
 from agentguard_otel.providers.base import InputMeasure, LLMRequest, RequestChanges, measure_input
 from agentguard_otel.providers.stream import BodyObserver, BodyReader, loads, observe_async, observe_sync
 
@@ -51,7 +52,6 @@ class StainlessAdapter(ABC):
     """Provider knowledge for one Stainless SDK; knows nothing of ledgers or receipts."""
 
     module: str  # top-level package, e.g. "openai"
-    requirement: str  # pip requirement the adapter supports, e.g. "openai >= 1.60"
     endpoints: Mapping[str, Endpoint]
 
     @abstractmethod
@@ -97,7 +97,7 @@ def _timeout_seconds(client: Any, options: Any) -> float | None:
 class StainlessHook:
     """Wraps ``request`` on the SDK's sync and async API clients."""
 
-    def __init__(self, adapter: StainlessAdapter, guard: Callable[[], Guard | None]) -> None:
+    def __init__(self, adapter: StainlessAdapter, guard: GuardRef) -> None:
         self.adapter = adapter
         self._guard = guard
         self._base = importlib.import_module(f"{adapter.module}._base_client")
