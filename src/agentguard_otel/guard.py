@@ -153,7 +153,14 @@ class Guard:
         enforcing = policy.mode == "enforce"
         rules = policy.matching_rules(scope)
         price, unknown = self._price(request, request.model)
-        violation = self._violation(request, scope, rules, price, unknown)
+        # OpenRouter-style fallback lists: any candidate may answer, so each must be allowed and the
+        # reservation must cover the most expensive one (until a downgrade pins the model).
+        fallbacks = [self._price(request, m) for m in request.fallback_models]
+        unknown = unknown or any(flag for _, flag in fallbacks)
+        candidates = [(request.model, price), *((m, p) for m, (p, _) in zip(request.fallback_models, fallbacks,
+                                                                              strict=True))]
+        violation = self._violation(request, scope, rules, candidates, unknown)
+        extra = [p for p, _ in fallbacks]
         caps = [CapRef(rule, i, cap, counter_key(rule, i, scope)) for rule in rules for i, cap in enumerate(rule.caps)]
         clamp = min((r.max_output_tokens for r in rules if r.max_output_tokens is not None), default=None)
         output_bound, inject = self._output_bound(request, clamp, bool(caps))
@@ -188,7 +195,7 @@ class Guard:
         ledger_caps = [c for c in caps if c.cap.window != "call"]
         if not enforcing:
             # Shadow mode: hold everything, enforce nothing, record what enforcement would have done.
-            estimate = self._estimate(request, price, output_bound)
+            estimate = self._estimate(request, [price, *extra], output_bound)
             held = reserve([self._spec(c, False) for c in ledger_caps], request.model, estimate, price, unknown)
             if isinstance(held, Decision):
                 return held
@@ -200,13 +207,14 @@ class Guard:
             return decided(shadow, request.model, estimate, price, unknown, held, would=worst.action)
 
         if violation is not None:
-            return decided(violation, request.model, self._estimate(request, price, output_bound), price, unknown)
+            estimate = self._estimate(request, [price, *extra], output_bound)
+            return decided(violation, request.model, estimate, price, unknown)
 
         model = request.model
         tripped: set[str] = set()
         outcome = _Outcome("allow", "within budget")
         for _ in range(len(caps) + 1):
-            estimate = self._estimate(request, price, output_bound)
+            estimate = self._estimate(request, [price, *extra], output_bound)
             over = [c for c in caps if c.cap.window == "call" and c.cap.action != "shadow"
                     and c.counter not in tripped and estimate > c.cap.limit_nano]
             if not over:
@@ -236,6 +244,7 @@ class Guard:
             if target != model:
                 model = target
                 price, unknown = self._price(request, model)
+                extra = []  # the adapter pins the fallback list to the downgrade target
             outcome = _Outcome("downgrade", f"{self._cap_reason(first)}: downgraded to {model}", first.rule.id, first)
         raise AssertionError("every pass trips at least one cap, so the loop ends within len(caps) passes")
 
@@ -264,9 +273,10 @@ class Guard:
         return replace(decision, action="block", reason=f"receipts unavailable (failure_mode closed): {exc}",
                        hold_id=None, changes=RequestChanges(), degraded=True)
 
-    def _violation(self, request: LLMRequest, scope: Scope, rules: list[Rule], price: ModelPrice,
-                   unknown: bool) -> _Outcome | None:
-        """Checks that need no ledger: capability, model allow-lists, unknown model."""
+    def _violation(self, request: LLMRequest, scope: Scope, rules: list[Rule],
+                   candidates: list[tuple[str, ModelPrice]], unknown: bool) -> _Outcome | None:
+        """Checks that need no ledger: capability, model allow-lists (for every model that may
+        answer), unknown model."""
         for rule in rules:
             required = rule.require_capability
             if required is not None and not capability_satisfies(scope.capability, required):
@@ -276,14 +286,16 @@ class Guard:
             models = rule.models
             if models is None:
                 continue
-            if not rule.model_allowed_by_name(request.provider, request.model):
-                return _Outcome("block", f"model {request.model} is not allowed by rule {rule.id}", rule.id)
             ceiling = models.max_input_nano_per_mtok
-            if ceiling is not None and (unknown or price.max_input > ceiling):
-                return _Outcome("block", f"model {request.model} costs more than rule {rule.id} allows "
-                                f"per 1M input tokens", rule.id)
+            for model, price in candidates:
+                if not rule.model_allowed_by_name(request.provider, model):
+                    return _Outcome("block", f"model {model} is not allowed by rule {rule.id}", rule.id)
+                if ceiling is not None and (price.source == "fallback" or price.max_input > ceiling):
+                    return _Outcome("block", f"model {model} costs more than rule {rule.id} allows "
+                                    f"per 1M input tokens", rule.id)
         if unknown and self.policy.unknown_model == "block":
-            return _Outcome("block", f"unknown model {request.model} has no price (unknown_model: block)")
+            names = [m for m, p in candidates if p.source == "fallback"]
+            return _Outcome("block", f"unknown model {', '.join(names)} has no price (unknown_model: block)")
         return None
 
     def _price(self, request: LLMRequest, model: str) -> tuple[ModelPrice, bool]:
@@ -307,11 +319,12 @@ class Guard:
             return self.policy.default_max_output_tokens, True
         return self.policy.default_max_output_tokens, False
 
-    def _estimate(self, request: LLMRequest, price: ModelPrice, output_bound: int | None) -> int:
+    def _estimate(self, request: LLMRequest, prices: list[ModelPrice], output_bound: int | None) -> int:
+        """The price bound of the call: of its most expensive candidate model."""
         input_tokens = input_token_bound(request.input_bytes, request.input_items, request.input_images,
                                          self.policy.estimation)
         output_tokens = (output_bound or 0) * request.output_multiplier
-        return self.prices.bound_cost_nano(price, input_tokens, output_tokens)
+        return max(self.prices.bound_cost_nano(price, input_tokens, output_tokens) for price in prices)
 
     def _spec(self, ref: CapRef, enforce: bool) -> CounterSpec:
         return CounterSpec(key=ref.counter, limit_nano=ref.cap.limit_nano, window=ref.cap.window,  # type: ignore[arg-type]
@@ -429,6 +442,9 @@ class GuardedCall:
             "outcome": outcome,
             "model_effective": self.decision.model_effective,
             "response_model": info.response_model,
+            # a fallback list answered by another candidate: provable resilience, priced as answered
+            "fallback": bool(self.request.fallback_models) and info.response_model not in (
+                None, self.decision.model_effective),
             "actual_nano": actual,
             "estimated_nano": self.decision.estimated_nano,
             # 0 in strict estimation (the bound is proven); in expected estimation, reported here.

@@ -34,6 +34,7 @@ class LLMRequest:
     server_address: str | None = None
     server_port: int | None = None
     timeout_seconds: float | None = None  # the SDK's own timeout for this call, for hold expiry
+    fallback_models: tuple[str, ...] = ()  # other models that may answer (OpenRouter ``models``)
 
 
 @dataclass(frozen=True)

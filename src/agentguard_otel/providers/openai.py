@@ -37,6 +37,7 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         max_output_fields=("max_completion_tokens", "max_tokens"),
         multiplier_field="n",
         stream_usage_option=True,
+        fallback_models_field="models",
     ),
     "/responses": Endpoint(
         operation="chat",

@@ -36,6 +36,7 @@ class Endpoint:
     multiplier_field: str | None = None  # number of choices generated (``n``)
     produces_output: bool = True
     stream_usage_option: bool = False  # usage in a stream only when ``stream_options.include_usage``
+    fallback_models_field: str | None = None  # a list of models the router may answer with instead
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class StainlessHook:
         items = body.get(endpoint.item_field) if endpoint.item_field else None
         asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int)]
         multiplier = body.get(endpoint.multiplier_field) if endpoint.multiplier_field else None
+        listed = body.get(endpoint.fallback_models_field) if endpoint.fallback_models_field else None
+        fallbacks = tuple(m for m in listed if isinstance(m, str) and m != model) if isinstance(listed, list) else ()
         provider, price_provider = self.adapter.provider(client)
         url = getattr(client, "base_url", None)
         request = LLMRequest(
@@ -148,6 +151,7 @@ class StainlessHook:
             server_address=getattr(url, "host", None),
             server_port=getattr(url, "port", None),
             timeout_seconds=_timeout_seconds(client, options),
+            fallback_models=fallbacks,
         )
         return Prepared(request, endpoint, path, body)
 
@@ -158,6 +162,8 @@ class StainlessHook:
         updates: dict[str, Any] = {}
         if changes.model is not None:
             updates["model"] = changes.model
+            if endpoint.fallback_models_field and endpoint.fallback_models_field in prepared.body:
+                updates[endpoint.fallback_models_field] = [changes.model]  # a downgrade pins the model
         if changes.max_output_tokens is not None:
             present = [f for f in endpoint.max_output_fields if f in prepared.body]
             for name in present or [self.adapter.inject_field(endpoint, client)]:

@@ -1,0 +1,108 @@
+"""OpenRouter through the real ``openai`` SDK: a client pointed at ``https://openrouter.ai/api/v1``
+whose connections are routed to the local server in OpenRouter mode (only name resolution is
+redirected; the SDK, HTTP and the wire format are real)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from agentguard_otel import AgentGuardBlocked
+from agentguard_otel.demo.server import LocalOpenAIServer
+from tests.conftest import GuardFactory, Telemetry
+
+PRICES = {"openai/gpt-4o-mini": ("0.15", "0.60"), "openai/gpt-4o": ("2.50", "10.00")}
+MESSAGES = [{"role": "user", "content": "Collect the chargeback evidence."}]
+POLICY: dict[str, Any] = {"version": 1, "id": "router", "rules": [
+    {"id": "all", "caps": [{"limit_usd": 10, "window": "day", "action": "block"}]}]}
+
+
+class _ToLocal(httpx2.HTTPTransport):
+    """Sends every request to the local server, keeping the URL's path and the Host the SDK chose."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self.port)
+        return super().handle_request(request)
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[LocalOpenAIServer]:
+    with LocalOpenAIServer(openrouter=True, prices_usd_per_mtok=PRICES) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(router: LocalOpenAIServer) -> openai.OpenAI:
+    router.reset()
+    port = int(router.base_url.split(":")[2].split("/")[0])
+    return openai.OpenAI(base_url="https://openrouter.ai/api/v1", api_key="sk-or-test", max_retries=0,
+                         http_client=openai.DefaultHttpxClient(transport=_ToLocal(port)))
+
+
+def test_openrouter_is_named_and_its_reported_cost_is_the_actual(client: openai.OpenAI, guarded: GuardFactory,
+                                                                  otel: Telemetry) -> None:
+    handle = guarded(POLICY)
+    response = client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    decision, settlement = handle.receipts()
+    assert (decision["provider"], decision["price_source"]) == ("openrouter", "genai-prices")
+    assert settlement["cost_source"] == "provider"
+    assert settlement["actual_nano"] == int(Decimal(repr(response.usage.cost)) * 10**9)  # type: ignore[union-attr]
+    span = otel.finished()[-1]
+    assert span.attributes["gen_ai.provider.name"] == "openrouter"
+    assert span.attributes["server.address"] == "openrouter.ai"
+    assert span.attributes["agentguard.cost.source"] == "provider"
+
+
+def test_fallback_list_reserves_for_the_most_expensive_candidate(client: openai.OpenAI,
+                                                                 guarded: GuardFactory) -> None:
+    handle = guarded(POLICY)
+    client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    client.chat.completions.create(model="openai/gpt-4o", messages=MESSAGES)
+    client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES,
+                                   extra_body={"models": ["openai/gpt-4o-mini", "openai/gpt-4o"]})
+    small, big, listed = [r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision"]
+    assert small < big
+    assert listed == big
+
+
+def test_the_model_that_answered_is_settled_and_the_fallback_recorded(client: openai.OpenAI, router: Any,
+                                                                      guarded: GuardFactory) -> None:
+    handle = guarded({**POLICY, "unknown_model": "allow"})
+    response = client.chat.completions.create(
+        model="unavailable/gpt-5", messages=MESSAGES,
+        extra_body={"models": ["unavailable/gpt-5", "openai/gpt-4o-mini"], "provider": {"sort": "price"}})
+    assert response.model == "openai/gpt-4o-mini"
+    assert router.requests[0].body["provider"] == {"sort": "price"}
+    decision, settlement = handle.receipts()
+    assert decision["unknown_model"] is True  # the listed unknown model is reserved at the fallback rate
+    assert (settlement["fallback"], settlement["response_model"]) == (True, "openai/gpt-4o-mini")
+    assert settlement["actual_nano"] == int(Decimal(repr(response.usage.cost)) * 10**9)  # type: ignore[union-attr]
+
+
+def test_every_candidate_must_be_allowed(client: openai.OpenAI, router: Any, guarded: GuardFactory) -> None:
+    guarded({"version": 1, "id": "router", "rules": [
+        {"id": "cheap", "models": {"allow": ["openai/gpt-4o-mini"]}}]})
+    with pytest.raises(AgentGuardBlocked, match="model openai/gpt-4o is not allowed"):
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES,
+                                       extra_body={"models": ["openai/gpt-4o-mini", "openai/gpt-4o"]})
+    assert router.requests == []
+
+
+def test_downgrade_pins_the_fallback_list(client: openai.OpenAI, router: Any, guarded: GuardFactory) -> None:
+    handle = guarded({"version": 1, "id": "router", "rules": [{"id": "risk", "caps": [
+        {"limit_usd": "0.000001", "window": "day", "action": "downgrade", "downgrade_to": "openai/gpt-4o-mini"}]}]})
+    client.chat.completions.create(model="openai/gpt-4o", messages=MESSAGES,
+                                   extra_body={"models": ["openai/gpt-4o", "anthropic/claude-sonnet-4.5"]})
+    body = router.requests[0].body
+    assert (body["model"], body["models"]) == ("openai/gpt-4o-mini", ["openai/gpt-4o-mini"])
+    decision, settlement = handle.receipts()
+    assert decision["action"] == "downgrade" and settlement["fallback"] is False
