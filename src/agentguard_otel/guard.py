@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
 from agentguard_otel.ledger import CounterSpec, CounterState, Ledger, Reservation
+from agentguard_otel.money import format_usd
 from agentguard_otel.policy import Cap, Policy, Rule
 from agentguard_otel.pricing import (
     ModelPrice,
@@ -293,6 +294,11 @@ class Guard:
                 if ceiling is not None and (price.source == "fallback" or price.max_input > ceiling):
                     return _Outcome("block", f"model {model} costs more than rule {rule.id} allows "
                                     f"per 1M input tokens", rule.id)
+        check = self.policy.credit_check
+        remaining = request.credit_remaining_nano
+        if check is not None and remaining is not None and remaining < check.min_remaining_nano:
+            return _Outcome("block", f"provider key has {format_usd(remaining)} credit left, below the policy's "
+                            f"minimum of {format_usd(check.min_remaining_nano)}")
         if unknown and self.policy.unknown_model == "block":
             names = [m for m, p in candidates if p.source == "fallback"]
             return _Outcome("block", f"unknown model {', '.join(names)} has no price (unknown_model: block)")

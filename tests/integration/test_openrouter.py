@@ -106,3 +106,29 @@ def test_downgrade_pins_the_fallback_list(client: openai.OpenAI, router: Any, gu
     assert (body["model"], body["models"]) == ("openai/gpt-4o-mini", ["openai/gpt-4o-mini"])
     decision, settlement = handle.receipts()
     assert decision["action"] == "downgrade" and settlement["fallback"] is False
+
+
+def test_credit_preflight_blocks_below_the_minimum_and_asks_once_per_interval(
+        client: openai.OpenAI, router: Any, guarded: GuardFactory) -> None:
+    guarded({**POLICY, "credit_check": {"min_remaining_usd": "5", "interval_seconds": 3600}})
+    router.set_credit_remaining("4.25")
+    with pytest.raises(AgentGuardBlocked, match=r"\$4.25 credit left, below the policy's minimum of \$5.00"):
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    router.set_credit_remaining("100")  # not asked again within the interval: still blocked
+    with pytest.raises(AgentGuardBlocked):
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    asked = [r for r in router.requests if r.method == "GET"]
+    assert [r.path for r in asked] == ["/api/v1/key"]
+    assert all(r.method == "GET" for r in router.requests)  # no completion reached the router
+
+
+def test_credit_preflight_allows_above_the_minimum_and_unlimited_keys(
+        client: openai.OpenAI, router: Any, guarded: GuardFactory) -> None:
+    guarded({**POLICY, "credit_check": {"min_remaining_usd": "5", "interval_seconds": 1}})
+    router.set_credit_remaining("12.5")
+    client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    router.set_credit_remaining(None)
+    import time
+    time.sleep(1.1)
+    client.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert [r.method for r in router.requests] == ["GET", "POST", "GET", "POST"]

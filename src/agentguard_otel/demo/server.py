@@ -342,6 +342,7 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     failures: deque[tuple[int, str]] = field(default_factory=deque)
     cut_after: int | None = None
+    credit_remaining_usd: str | None = None  # OpenRouter /key: None means no limit on the key
     connections_accepted: int = 0
     open_connections: set[socket.socket] = field(default_factory=set)
 
@@ -458,6 +459,19 @@ class LocalOpenAIServer:
         with self._lock:
             self._state.failures.extend([(status, message)] * count)
 
+    def set_credit_remaining(self, usd: str | None) -> None:
+        """What OpenRouter's ``GET /key`` reports as ``limit_remaining`` (None: an unlimited key)."""
+        with self._lock:
+            self._state.credit_remaining_usd = usd
+
+    def _key_info(self) -> _Reply:
+        with self._lock:
+            remaining = self._state.credit_remaining_usd
+        limit = None if remaining is None else float(Decimal(remaining) + 10)
+        data = {"label": "sk-or-v1-local", "limit": limit, "usage": 10.0 if limit is not None else 0.0,
+                "limit_remaining": None if remaining is None else float(Decimal(remaining)), "is_free_tier": False}
+        return _Reply(200, payload={"data": data})
+
     def cut_stream_after(self, chunks: int) -> None:
         """Make the next streaming response send `chunks` SSE events, then drop the connection."""
         if chunks < 0:
@@ -487,6 +501,8 @@ class LocalOpenAIServer:
         recorded = {k.lower(): v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
         with self._lock:
             self._state.requests.append(RecordedRequest(method, path, body, recorded))
+        if method == "GET" and self.openrouter and path.split("?", 1)[0] in ("/api/v1/key", "/v1/key"):
+            return self._key_info()
         endpoint = self._route(method, path)
         if endpoint is None:
             return _ApiError(404, f"Invalid URL ({method} {path})", error_type="invalid_request_error").reply()

@@ -210,6 +210,20 @@ class UnknownModelPrice(BaseModel):
         return usd_to_nano(self.output_usd_per_mtok)
 
 
+class CreditCheck(BaseModel):
+    """Pre-flight check of the provider key's remaining credit, for providers that report it
+    (OpenRouter's ``/api/v1/key``); asked at most once per interval per key."""
+
+    model_config = _STRICT_MODEL
+
+    min_remaining_usd: UsdAmount
+    interval_seconds: PositiveInt = 60
+
+    @property
+    def min_remaining_nano(self) -> int:
+        return usd_to_nano(self.min_remaining_usd)
+
+
 class Policy(BaseModel):
     """A whole policy file."""
 
@@ -234,6 +248,8 @@ class Policy(BaseModel):
     default_max_output_tokens: PositiveInt = Field(
         default=4096,
         description="Injected when caps apply and neither a rule nor the request bounds the output.")
+    credit_check: CreditCheck | None = Field(
+        default=None, description="Block calls while the provider key's remaining credit is below a minimum.")
     rules: list[Rule] = Field(default_factory=list)
 
     @field_validator("timezone")

@@ -35,6 +35,7 @@ class LLMRequest:
     server_port: int | None = None
     timeout_seconds: float | None = None  # the SDK's own timeout for this call, for hold expiry
     fallback_models: tuple[str, ...] = ()  # other models that may answer (OpenRouter ``models``)
+    credit_remaining_nano: int | None = None  # the key's remaining credit, when asked for and reported
 
 
 @dataclass(frozen=True)

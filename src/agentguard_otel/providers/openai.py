@@ -196,6 +196,16 @@ class OpenAIAdapter(StainlessAdapter):
             return EmbeddingsReader()
         return ChoicesReader(hide_stream_usage)
 
+    def credit_remaining_nano(self, client: Any) -> int | None:
+        """OpenRouter's ``GET /key``: ``limit_remaining`` in USD (null for a key without a limit).
+        Asked through the client itself, so its auth, transport and timeouts apply."""
+        if self.provider(client)[0] != "openrouter":
+            return None
+        remaining = get_path(client.get("/key", cast_to=object), ("data", "limit_remaining"))
+        if remaining is None or isinstance(remaining, bool):
+            return None
+        return usd_to_nano(repr(remaining) if isinstance(remaining, float) else str(remaining))
+
     def response_body(self, result: Any) -> Any | None:
         streams, raw = self._wrappers
         if isinstance(result, streams):

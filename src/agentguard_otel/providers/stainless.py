@@ -10,9 +10,12 @@ says, as data, which paths are LLM calls and where their fields are.
 from __future__ import annotations
 
 import importlib
+import logging
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import wrapt
@@ -22,6 +25,8 @@ from agentguard_otel.guard import GuardedCall
 from agentguard_otel.providers import GuardRef
 from agentguard_otel.providers.base import InputMeasure, LLMRequest, RequestChanges, measure_input
 from agentguard_otel.providers.stream import BodyObserver, BodyReader, loads, observe_async, observe_sync
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ class StainlessAdapter(ABC):
     def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
         """A fresh reader for this call's response body."""
 
+    def credit_remaining_nano(self, client: Any) -> int | None:
+        """The remaining credit of the client's key, where the provider reports it (None: unknown or
+        unlimited). Providers without such an endpoint keep this default."""
+        return None
+
     @abstractmethod
     def response_body(self, result: Any) -> Any | None:
         """The HTTP response behind an SDK result (stream or raw wrapper), or None for a parsed object."""
@@ -102,6 +112,8 @@ class StainlessHook:
         self.adapter = adapter
         self._guard = guard
         self._base = importlib.import_module(f"{adapter.module}._base_client")
+        self._credit: dict[tuple[str, str], tuple[float, int | None]] = {}  # (base_url, key) -> (asked at, credit)
+        self._credit_lock = threading.Lock()
 
     def instrument(self) -> None:
         wrapt.wrap_function_wrapper(self._base, "SyncAPIClient.request", self._sync)
@@ -197,7 +209,11 @@ class StainlessHook:
         prepared = self._prepare(instance, options, stream)
         if prepared is None:
             return None
-        call = guard.begin(prepared.request)
+        check = guard.policy.credit_check
+        request = prepared.request
+        if check is not None:
+            request = replace(request, credit_remaining_nano=self._credit_remaining(instance, check.interval_seconds))
+        call = guard.begin(request)
         try:
             new_options, hide_usage = self._rewrite(instance, options, prepared, call.changes)
         except BaseException as exc:
@@ -208,6 +224,25 @@ class StainlessHook:
         else:
             kwargs = {**kwargs, "options": new_options}
         return call, prepared, args, kwargs, hide_usage
+
+    def _credit_remaining(self, client: Any, interval: float) -> int | None:
+        """The key's remaining credit, asked of the provider at most once per ``interval`` per key."""
+        cache_key = (str(getattr(client, "base_url", "")), str(getattr(client, "api_key", "")))
+        now = time.monotonic()
+        with self._credit_lock:
+            cached = self._credit.get(cache_key)
+            if cached is not None and now - cached[0] < interval:
+                return cached[1]
+            # concurrent calls meanwhile use the previous answer rather than asking again
+            self._credit[cache_key] = (now, cached[1] if cached else None)
+        try:
+            credit = self.adapter.credit_remaining_nano(client)
+        except Exception as exc:  # the pre-flight must never break a call it cannot check
+            logger.warning("agentguard: could not read the provider key's remaining credit: %s", exc)
+            credit = cached[1] if cached else None
+        with self._credit_lock:
+            self._credit[cache_key] = (now, credit)
+        return credit
 
     def _sync(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Any:
