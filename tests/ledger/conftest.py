@@ -1,7 +1,8 @@
 """Ledger fixtures: every contract test runs once per backend listed in ``LEDGER_FACTORIES``.
 
-A new backend (the Redis ledger) joins the whole suite by adding one entry; a factory builds a
-fresh, empty ledger in ``directory`` that reads time from ``clock``.
+A new backend joins the whole suite by adding one entry; a factory builds a fresh, empty ledger
+in ``directory`` that reads time from ``clock``. The Redis ledger runs against the session's real
+``redis-server``; each ledger gets its own key prefix, so ledgers never see each other's counters.
 """
 
 from __future__ import annotations
@@ -12,15 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from agentguard_otel.ledger import Ledger, MemoryLedger, SQLiteLedger
+from agentguard_otel.ledger import Ledger, MemoryLedger, RedisLedger, SQLiteLedger
 from agentguard_otel.ledger.base import Clock, zone
+from tests.redis_server import RedisServer, shared_server, stop_shared_server
 
 LedgerFactory = Callable[[Path, Clock], Ledger]
 
 LEDGER_FACTORIES: dict[str, LedgerFactory] = {
     "memory": lambda directory, clock: MemoryLedger(clock=clock),
     "sqlite": lambda directory, clock: SQLiteLedger(directory / "ledger.db", clock=clock),
+    "redis": lambda directory, clock: RedisLedger(shared_server().url(), prefix=f"test:{directory}:", clock=clock),
 }
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The real redis-server the Redis ledger tests share (stopped at the end of the session)."""
+    yield shared_server()
+    stop_shared_server()
 
 
 class FakeClock:

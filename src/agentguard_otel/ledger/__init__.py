@@ -1,7 +1,8 @@
 """Reservation ledger: holds a call's price bound against every cap it falls under, atomically.
 
 ``open_ledger`` turns a ledger URL into a backend: ``memory://`` (one process), ``sqlite:///PATH``
-(the embedded default, shared by the processes of one host).
+(the embedded default, shared by the processes of one host), ``redis://HOST:PORT/DB`` (or
+``rediss://`` with TLS; the distributed ledger of a fleet).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from agentguard_otel.errors import ConfigError
 from agentguard_otel.ledger.base import CounterSpec, CounterState, Ledger, Reservation, WindowName
 from agentguard_otel.ledger.memory import MemoryLedger
+from agentguard_otel.ledger.redis import RedisLedger
 from agentguard_otel.ledger.sqlite import SQLiteLedger
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "CounterState",
     "Ledger",
     "MemoryLedger",
+    "RedisLedger",
     "Reservation",
     "SQLiteLedger",
     "WindowName",
@@ -42,6 +45,8 @@ def _open_sqlite(rest: str) -> Ledger:
 _OPENERS: dict[str, Callable[[str], Ledger]] = {
     "memory": _open_memory,
     "sqlite": _open_sqlite,
+    "redis": lambda rest: RedisLedger.from_url(f"redis://{rest}"),
+    "rediss": lambda rest: RedisLedger.from_url(f"rediss://{rest}"),
 }
 
 
