@@ -8,7 +8,6 @@ line, so a backend such as Loki holds a verifiable copy of the audit trail.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -21,6 +20,7 @@ from opentelemetry.metrics import get_meter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agentguard_otel.money import nano_to_usd
+from agentguard_otel.receipts.format import receipt_line
 from agentguard_otel.scope import BAGGAGE_PREFIX, Scope
 from agentguard_otel.version import __version__
 
@@ -239,7 +239,7 @@ class Telemetry:
             severity_number=SeverityNumber.INFO,
             severity_text="INFO",
             event_name="agentguard.receipt",
-            body=json.dumps(receipt, ensure_ascii=False, separators=(",", ":")),
+            body=receipt_line(receipt).decode("utf-8").removesuffix("\n"),
             attributes={
                 "agentguard.receipt.kind": receipt["kind"],
                 "agentguard.receipt.hash": receipt["hash"],

@@ -30,4 +30,6 @@ class Integration:
 # (our provider module defining INTEGRATION, the SDK's import name): ours is imported only when the SDK is.
 INTEGRATION_MODULES: tuple[tuple[str, str], ...] = (
     ("agentguard_otel.providers.openai", "openai"),
+    ("agentguard_otel.providers.bedrock", "botocore"),
+    ("agentguard_otel.providers.anthropic", "anthropic"),
 )

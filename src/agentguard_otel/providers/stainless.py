@@ -128,7 +128,7 @@ class StainlessHook:
     def _prepare(self, client: Any, options: Any, stream: bool) -> Prepared | None:
         if str(getattr(options, "method", "")).lower() != "post":
             return None
-        path = str(getattr(options, "url", ""))
+        path = str(getattr(options, "url", "")).split("?", 1)[0]  # e.g. the beta namespace's "?beta=true"
         endpoint = self.adapter.endpoints.get(path)
         if endpoint is None:
             return None

@@ -1,0 +1,214 @@
+"""Anthropic SDK adapter: the Messages API (``messages`` and ``beta.messages``), any ``base_url``.
+
+``/v1/messages/count_tokens`` is not an LLM call (it costs nothing) and stays unguarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from agentguard_otel.pricing import TokenUsage
+from agentguard_otel.providers import GuardRef, Integration
+from agentguard_otel.providers.base import RequestChanges, ResponseInfo, UsageFields, get_path
+from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
+from agentguard_otel.providers.stream import BodyReader
+
+MESSAGES_PATH = "/v1/messages"
+FALLBACKS_FIELD = "fallbacks"  # beta: server-side fallback models, each entry may set its own max_tokens
+
+ENDPOINTS: Mapping[str, Endpoint] = {
+    MESSAGES_PATH: Endpoint(
+        operation="chat",
+        input_fields=("messages", "system", "tools", "tool_choice"),
+        item_field="messages",
+        max_output_fields=("max_tokens",),  # required by the API: a clamp lowers it, never removes it
+    ),
+}
+
+USAGE = UsageFields(
+    input=("input_tokens",),
+    output=("output_tokens",),
+    cache_read=("cache_read_input_tokens",),
+    cache_write=("cache_creation", "ephemeral_5m_input_tokens"),
+    cache_write_1h=("cache_creation", "ephemeral_1h_input_tokens"),
+    reasoning=("output_tokens_details", "thinking_tokens"),
+    input_excludes_cache=True,  # Anthropic's input_tokens leaves out cache reads and writes
+)
+_IMAGE_PARTS = frozenset({"image", "document"})
+_DELTA_TEXT_FIELDS = ("text", "partial_json", "thinking")
+
+
+def read_usage(usage: Any) -> TokenUsage | None:
+    """Anthropic usage (object or JSON) as :class:`TokenUsage`, ``input_tokens`` including cache tokens.
+
+    Cache writes come broken down by TTL in ``cache_creation``; writes the breakdown does not
+    account for (no breakdown, as from older API versions) are 5-minute writes, the API's default TTL.
+    """
+    tokens = USAGE.read(usage)
+    if tokens is None:
+        return None
+    total = get_path(usage, ("cache_creation_input_tokens",))
+    unattributed = (total if isinstance(total, int) else 0) - tokens.cache_write_tokens - tokens.cache_write_1h_tokens
+    if unattributed <= 0:
+        return tokens
+    return dataclasses.replace(tokens, input_tokens=tokens.input_tokens + unattributed,
+                               cache_write_tokens=tokens.cache_write_tokens + unattributed)
+
+
+def _text_bytes(value: Any) -> int:
+    return len(value.encode("utf-8")) if isinstance(value, str) else 0
+
+
+class MessagesReader:
+    """A Message body, or its event stream: ``message_start`` carries the input and cache usage,
+    ``message_delta`` the cumulative output usage and stop reason, ``message_stop`` the end.
+    Anthropic always streams usage, so nothing is requested and nothing hidden."""
+
+    def __init__(self) -> None:
+        self.info = ResponseInfo()
+        self.complete = False
+        self._usage: dict[str, Any] = {}  # the stream's usage so far, later events overriding earlier
+        self._final_output = False  # message_delta reported the output tokens
+
+    def on_body(self, body: Any) -> None:
+        self._message(body)
+        self.info.usage = read_usage(get_path(body, ("usage",)))
+        reason = get_path(body, ("stop_reason",))
+        self.info.finish_reasons = [str(reason)] if reason else []
+        self.complete = True
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        kind = data.get("type")
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            self.info.output_bytes += sum(_text_bytes(delta.get(name)) for name in _DELTA_TEXT_FIELDS)
+            if self._usage and not self._final_output:
+                self._update({})
+        elif kind == "message_start":
+            message = data.get("message") or {}
+            self._message(message)
+            self._update(message.get("usage") or {})
+        elif kind == "message_delta":
+            self._final_output = True
+            self._update(data.get("usage") or {})
+            reason = get_path(data, ("delta", "stop_reason"))
+            if reason:
+                self.info.finish_reasons.append(str(reason))
+        elif kind == "message_stop":
+            self.complete = True
+        return False
+
+    def _message(self, message: Any) -> None:
+        self.info.response_model = get_path(message, ("model",)) or self.info.response_model
+        self.info.response_id = get_path(message, ("id",)) or self.info.response_id
+
+    def _update(self, usage: Mapping[str, Any]) -> None:
+        """Merge reported usage (``message_delta`` counts are cumulative); until the final output
+        count arrives, every output byte seen bounds the output tokens (a token is >= 1 byte), so
+        a stream cut short settles what it delivered."""
+        self._usage.update((name, value) for name, value in usage.items() if value is not None)
+        tokens = read_usage(self._usage)
+        if tokens is not None and not self._final_output:
+            tokens = dataclasses.replace(tokens, output_tokens=max(tokens.output_tokens, self.info.output_bytes))
+        self.info.usage = tokens
+
+
+class AnthropicAdapter(StainlessAdapter):
+    module = "anthropic"
+    endpoints = ENDPOINTS
+
+    def __init__(self) -> None:
+        self._wrappers = self._result_types()
+
+    def provider(self, client: Any) -> tuple[str, str]:
+        return "anthropic", "anthropic"
+
+    def is_image(self, part: Mapping[str, Any]) -> bool:
+        return part.get("type") in _IMAGE_PARTS
+
+    def inject_field(self, endpoint: Endpoint, client: Any) -> str:
+        return endpoint.max_output_fields[0]
+
+    def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
+        return MessagesReader()
+
+    def response_body(self, result: Any) -> Any | None:
+        streams, raw = self._wrappers
+        if isinstance(result, streams):
+            return getattr(result, "response", None)
+        if isinstance(result, raw):
+            return getattr(result, "http_response", None)
+        return None
+
+    @staticmethod
+    def _result_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+        """SDK result types that still hold an HTTP body: streams and raw-response wrappers
+        (``LegacyAPIResponse`` exists only in older SDK versions)."""
+        streaming = importlib.import_module("anthropic._streaming")
+        response = importlib.import_module("anthropic._response")
+        raw: tuple[type, ...] = (response.BaseAPIResponse,)
+        with contextlib.suppress(ImportError):
+            raw += (importlib.import_module("anthropic._legacy_response").LegacyAPIResponse,)
+        return (streaming.Stream, streaming.AsyncStream), raw
+
+
+class AnthropicHook(StainlessHook):
+    """The Stainless hook, plus two things only Anthropic's body needs.
+
+    * Recent SDKs hand ``request`` the caller's arguments as given (``Omit`` markers, iterators,
+      pydantic content blocks from an earlier response, file paths) and make them JSON-ready
+      inside it. Measuring those as they are would undercount the input, and reading a one-shot
+      iterator would leave the SDK nothing to send; so a guarded call's body is prepared here with
+      the SDK's own function, once, and handed on prepared (preparing plain data again is a copy).
+    * Server-side ``fallbacks`` (beta): entries ``{"model", "max_tokens"?, ...}`` the API may answer
+      with instead. Each model must pass the policy and the reservation covers the dearest one at
+      the largest ``max_tokens``; a clamp lowers every entry's ``max_tokens`` as well, and a
+      downgrade drops the list so the downgrade target is the only model that can answer.
+    """
+
+    def __init__(self, adapter: StainlessAdapter, guard: GuardRef) -> None:
+        super().__init__(adapter, guard)
+        utils = importlib.import_module(f"{adapter.module}._utils")
+        self._plain = getattr(utils, "prepare_request_data", None)  # absent where resources transform
+
+    def _prepare(self, client: Any, options: Any, stream: bool) -> Prepared | None:
+        if (self._plain is not None and str(getattr(options, "method", "")).lower() == "post"
+                and str(getattr(options, "url", "")).split("?", 1)[0] in self.adapter.endpoints):
+            for name in ("json_data", "extra_json"):
+                if getattr(options, name, None) is not None:
+                    setattr(options, name, self._plain(getattr(options, name), location="body"))
+        prepared = super()._prepare(client, options, stream)
+        entries = prepared.body.get(FALLBACKS_FIELD) if prepared is not None else None
+        if prepared is None or not isinstance(entries, list):
+            return prepared
+        request = prepared.request
+        models = tuple(m for e in entries if isinstance(m := get_path(e, ("model",)), str) and m != request.model)
+        limits = [n for e in entries if isinstance(n := get_path(e, ("max_tokens",)), int)]
+        asked = request.max_output_tokens
+        widest = max([asked, *limits]) if asked is not None else None
+        return dataclasses.replace(prepared, request=dataclasses.replace(
+            request, fallback_models=models, max_output_tokens=widest))
+
+    def _rewrite(self, client: Any, options: Any, prepared: Prepared, changes: RequestChanges) -> tuple[Any, bool]:
+        rewritten, hide_usage = super()._rewrite(client, options, prepared, changes)
+        if FALLBACKS_FIELD not in prepared.body or rewritten is options:
+            return rewritten, hide_usage
+        # super() made fresh top-level dicts: edit those, never the caller's.
+        extra = rewritten.extra_json if FALLBACKS_FIELD in (options.extra_json or {}) else None
+        body = extra if extra is not None else rewritten.json_data
+        limit = changes.max_output_tokens
+        if changes.model is not None:
+            del body[FALLBACKS_FIELD]
+        elif limit is not None and isinstance(body[FALLBACKS_FIELD], list):
+            body[FALLBACKS_FIELD] = [
+                {**e, "max_tokens": limit} if isinstance(e, Mapping) and isinstance(e.get("max_tokens"), int)
+                and e["max_tokens"] > limit else e
+                for e in body[FALLBACKS_FIELD]]
+        return rewritten, hide_usage
+
+
+INTEGRATION = Integration("anthropic >= 0.40", lambda guard: AnthropicHook(AnthropicAdapter(), guard))

@@ -1,0 +1,442 @@
+"""AWS Bedrock adapter (``boto3`` / ``botocore``, service ``bedrock-runtime``).
+
+botocore sends every operation of every client through ``BaseClient._make_api_call(operation,
+params)``; one wrapper there guards ``converse``, ``converse_stream``, ``invoke_model`` and
+``invoke_model_with_response_stream`` of clients built before and after ``instrument()``.
+
+Converse has one model-neutral format; InvokeModel carries the model's own JSON, whose format the
+model id names (``anthropic.``, ``amazon.nova``, ``amazon.titan-text``, ``meta.llama``, after an
+optional inference-profile prefix such as ``us.`` or ``global.``). Each format is a
+:class:`Family` table entry: where inputs, the output limit, usage, text and stop reasons are.
+Inference-profile ids are priced as they are (the bundled prices list them; a ``global.`` profile
+may cost less than a regional one), so the id is never stripped for pricing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import wrapt
+from opentelemetry.instrumentation.utils import unwrap
+
+from agentguard_otel.guard import GuardedCall
+from agentguard_otel.pricing import TokenUsage
+from agentguard_otel.providers import GuardRef, Integration
+from agentguard_otel.providers.base import (
+    InputMeasure,
+    LLMRequest,
+    Path,
+    RequestChanges,
+    ResponseInfo,
+    UsageFields,
+    get_path,
+    measure_input,
+)
+from agentguard_otel.providers.stream import BodyObserver, loads
+
+SERVICE = "bedrock-runtime"
+PROVIDER = "aws.bedrock"  # semconv gen_ai.provider.name
+PRICE_PROVIDER = "aws"
+DEFAULT_ATTEMPTS = 5  # botocore's legacy retry mode (the larger default) when the config names none
+INVOCATION_METRICS = "amazon-bedrock-invocationMetrics"
+
+# Bedrock reports cache reads and writes outside its input count (totalTokens = all four).
+CONVERSE_USAGE = UsageFields(input=("inputTokens",), output=("outputTokens",),
+                             cache_read=("cacheReadInputTokens",), cache_write=("cacheWriteInputTokens",),
+                             input_excludes_cache=True)
+METRICS_USAGE = UsageFields(input=("inputTokenCount",), output=("outputTokenCount",),
+                            cache_read=("cacheReadInputTokenCount",), cache_write=("cacheWriteInputTokenCount",),
+                            input_excludes_cache=True)
+# InvokeModel answers carry the counts as HTTP headers too, whatever the model: the fallback.
+HEADER_USAGE = UsageFields(input=("x-amzn-bedrock-input-token-count",),
+                           output=("x-amzn-bedrock-output-token-count",),
+                           cache_read=("x-amzn-bedrock-cache-read-input-token-count",),
+                           cache_write=("x-amzn-bedrock-cache-write-input-token-count",),
+                           input_excludes_cache=True)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One request/response format: the Converse API's, or a model family's InvokeModel JSON."""
+
+    name: str
+    stems: tuple[str, ...]  # model-id beginnings (after any inference-profile prefix)
+    input_fields: tuple[str, ...]  # body fields sent to the model; empty: the whole body
+    item_field: str | None  # the list whose entries each carry a per-message overhead
+    max_output: Path | None  # where the output limit is (written there when clamped or injected)
+    default_max_output: int | None = None  # what the model does when no limit is set
+    usage: UsageFields | None = None  # usage in a whole response body, relative to ``usage_at``
+    usage_at: Path = ("usage",)
+    results: Path | None = None  # a list of results, each read like a stream chunk (Titan)
+    text: tuple[Path, ...] = ()  # output text in a stream chunk (or a result)
+    stop: tuple[Path, ...] = ()  # stop reason in a body, a result or a stream chunk
+
+    def matches(self, model_id: str) -> bool:
+        return model_id.startswith(self.stems)
+
+    def read_usage(self, body: Any) -> TokenUsage | None:
+        if self.usage is None:
+            return None
+        usage = self.usage.read(get_path(body, self.usage_at))
+        if usage is None or self.results is None:
+            return usage
+        output = self.usage.output
+        return replace(usage, output_tokens=sum(_int(get_path(r, output)) for r in _parts(body, self.results)))
+
+
+CONVERSE = Family(
+    name="converse", stems=(), input_fields=("messages", "system", "toolConfig"), item_field="messages",
+    max_output=("inferenceConfig", "maxTokens"), usage=CONVERSE_USAGE, stop=(("stopReason",),),
+)
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="anthropic", stems=("anthropic.",), input_fields=("messages", "system", "tools", "tool_choice"),
+        item_field="messages", max_output=("max_tokens",),
+        usage=UsageFields(input=("input_tokens",), output=("output_tokens",),
+                          cache_read=("cache_read_input_tokens",), cache_write=("cache_creation_input_tokens",),
+                          input_excludes_cache=True),
+        text=(("delta", "text"), ("delta", "partial_json")),
+        stop=(("stop_reason",), ("delta", "stop_reason")),
+    ),
+    Family(
+        name="nova", stems=("amazon.nova",), input_fields=("messages", "system", "toolConfig"),
+        item_field="messages", max_output=("inferenceConfig", "maxTokens"),
+        usage=UsageFields(input=("inputTokens",), output=("outputTokens",),
+                          cache_read=("cacheReadInputTokenCount",), cache_write=("cacheWriteInputTokenCount",),
+                          input_excludes_cache=True),
+        text=(("contentBlockDelta", "delta", "text"),),
+        stop=(("stopReason",), ("messageStop", "stopReason")),
+    ),
+    Family(
+        name="titan", stems=("amazon.titan-text",), input_fields=("inputText",), item_field=None,
+        max_output=("textGenerationConfig", "maxTokenCount"), default_max_output=512,
+        usage=UsageFields(input=("inputTextTokenCount",), output=("tokenCount",)), usage_at=(),
+        results=("results",), text=(("outputText",),), stop=(("completionReason",),),
+    ),
+    Family(
+        name="llama", stems=("meta.llama",), input_fields=("prompt",), item_field=None,
+        max_output=("max_gen_len",), default_max_output=512,
+        usage=UsageFields(input=("prompt_token_count",), output=("generation_token_count",)), usage_at=(),
+        text=(("generation",),), stop=(("stop_reason",),),
+    ),
+)
+# Any other model's InvokeModel body: all of it is input, no known output limit, usage from headers.
+OTHER = Family(name="other", stems=(), input_fields=(), item_field=None, max_output=None)
+
+
+def model_name(model_id: str) -> str:
+    """The model id of an ARN (``...:foundation-model/ID``, ``...:inference-profile/ID``), else the id."""
+    return model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+
+
+def family_of(model_id: str) -> Family:
+    """The InvokeModel format of a model id, also behind an inference-profile prefix (``us.``...)."""
+    name = model_name(model_id)
+    candidates = (name, name.split(".", 1)[-1])
+    return next((f for c in candidates for f in FAMILIES if f.matches(c)), OTHER)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
+def _json_object(raw: Any) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _parts(body: Any, path: Path) -> list[Any]:
+    parts = get_path(body, path)
+    return parts if isinstance(parts, list) else []
+
+
+def _is_image(part: Mapping[str, Any]) -> bool:
+    """Anthropic ``{"type": "image"}`` parts and Converse / Nova ``{"image": {...}}`` blocks."""
+    return part.get("type") == "image" or isinstance(part.get("image"), Mapping)
+
+
+def _with_path(obj: Mapping[str, Any], path: Path, value: Any) -> dict[str, Any]:
+    """A copy of ``obj`` with ``path`` set (copies along the path only; the caller's stays untouched)."""
+    head, rest = path[0], path[1:]
+    inner = obj.get(head)
+    return {**obj, head: _with_path(inner if isinstance(inner, Mapping) else {}, rest, value) if rest else value}
+
+
+def _text_bytes(value: Any) -> int:
+    return len(value.encode("utf-8")) if isinstance(value, str) else 0
+
+
+@dataclass(frozen=True)
+class Operation:
+    stream: bool
+    converse: bool  # the Converse API (model-neutral) rather than InvokeModel (model-native JSON body)
+    result_field: str | None  # where the response body / event stream is in the parsed response
+
+
+OPERATIONS: Mapping[str, Operation] = {
+    "Converse": Operation(stream=False, converse=True, result_field=None),
+    "ConverseStream": Operation(stream=True, converse=True, result_field="stream"),
+    "InvokeModel": Operation(stream=False, converse=False, result_field="body"),
+    "InvokeModelWithResponseStream": Operation(stream=True, converse=False, result_field="body"),
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    request: LLMRequest
+    operation: Operation
+    family: Family
+    params: dict[str, Any]  # the API params, an InvokeModel body already read into bytes
+    body: Mapping[str, Any] | None  # the fields the family describes: the params, or the parsed body
+
+    def rewrite(self, changes: RequestChanges) -> dict[str, Any]:
+        """The params with the guard's changes applied (a copy; the caller's stay untouched)."""
+        params = dict(self.params)
+        if changes.model is not None:
+            params["modelId"] = changes.model
+        limit, path = changes.max_output_tokens, self.family.max_output
+        if limit is None or path is None or self.body is None:
+            return params
+        if self.operation.converse:
+            return _with_path(params, path, limit)
+        params["body"] = json.dumps(_with_path(self.body, path, limit)).encode("utf-8")
+        return params
+
+
+class BedrockReader:
+    """Usage, stop reasons and text of one response: a whole body or stream events."""
+
+    def __init__(self, operation: Operation, family: Family) -> None:
+        self.operation = operation
+        self.family = family
+        self.info = ResponseInfo()
+        self.complete = False
+
+    def on_body(self, body: Any) -> None:
+        family = self.family
+        self.info.usage = family.read_usage(body)
+        parts = _parts(body, family.results) if family.results else [body]
+        self.info.finish_reasons = [r for p in parts for path in family.stop if (r := get_path(p, path))]
+        self.complete = True
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        """One parsed event of botocore's EventStream; never hidden from the caller."""
+        if self.operation.converse:
+            self._converse_event(data)
+        elif isinstance(chunk := get_path(data, ("chunk", "bytes")), (bytes, str)):
+            with contextlib.suppress(ValueError):
+                self._invoke_chunk(loads(chunk))
+        return False
+
+    def _converse_event(self, data: Any) -> None:
+        delta = get_path(data, ("contentBlockDelta", "delta"))
+        if delta is not None:
+            self.info.output_bytes += sum(_text_bytes(get_path(delta, p)) for p in
+                                          (("text",), ("toolUse", "input"), ("reasoningContent", "text")))
+        stop = get_path(data, ("messageStop", "stopReason"))
+        if stop:
+            self.info.finish_reasons.append(stop)
+        usage = get_path(data, ("metadata", "usage"))
+        if usage is not None:
+            self.info.usage = CONVERSE_USAGE.read(usage)
+            self.complete = True
+
+    def _invoke_chunk(self, chunk: Any) -> None:
+        family = self.family
+        self.info.output_bytes += sum(_text_bytes(get_path(chunk, p)) for p in family.text)
+        self.info.finish_reasons.extend(r for p in family.stop if isinstance(r := get_path(chunk, p), str))
+        metrics = get_path(chunk, (INVOCATION_METRICS,))
+        if metrics is not None:
+            self.info.usage = METRICS_USAGE.read(metrics)
+            self.complete = True
+
+
+class ObservedEventStream(wrapt.ObjectProxy[Any]):
+    """botocore's EventStream, reading each event as the caller iterates; settles once at the
+    end, on ``close()``, on an error, or when dropped half-read. Leaving a ``for`` loop early is
+    not an end: the caller may iterate again."""
+
+    def __init__(self, stream: Any, observer: BodyObserver, progress: Callable[[], None]) -> None:
+        super().__init__(stream)
+        self._self_observer = observer
+        self._self_progress = progress
+        weakref.finalize(self, observer.end)
+
+    def __iter__(self) -> Iterator[Any]:
+        observer = self._self_observer
+        try:
+            for event in self.__wrapped__:
+                observer.reader.on_event(None, event)
+                self._self_progress()
+                yield event
+        except GeneratorExit:
+            raise
+        except BaseException:
+            observer.end()
+            raise
+        observer.end()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_observer.end()
+
+
+def _server(client: Any) -> tuple[str | None, int | None]:
+    url = urlsplit(str(getattr(client.meta, "endpoint_url", "") or ""))
+    return url.hostname, url.port
+
+
+def _timeout_seconds(client: Any) -> float | None:
+    """The longest botocore may spend on the call (connect + read, every attempt), for the hold's expiry."""
+    config = getattr(client.meta, "config", None)
+    phases = [getattr(config, name, None) for name in ("connect_timeout", "read_timeout")]
+    seconds = sum(float(p) for p in phases if isinstance(p, (int, float)) and not isinstance(p, bool))
+    if not seconds:
+        return None
+    retries = getattr(config, "retries", None) or {}
+    attempts = retries.get("total_max_attempts")
+    if not isinstance(attempts, int):
+        retried = retries.get("max_attempts")
+        attempts = retried + 1 if isinstance(retried, int) else DEFAULT_ATTEMPTS
+    return seconds * max(attempts, 1)
+
+
+def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prepared | None:
+    """Recognise a guarded Bedrock call and describe it; None for anything else."""
+    operation = OPERATIONS.get(operation_name)
+    model_id = params.get("modelId")
+    if operation is None or not isinstance(model_id, str):
+        return None
+    if get_path(client, ("meta", "service_model", "service_name")) != SERVICE:
+        return None
+    copy = dict(params)
+    raw: Any = None
+    body: dict[str, Any] | None
+    if operation.converse:
+        family, body = CONVERSE, copy
+    else:
+        raw = copy.get("body", b"")
+        if hasattr(raw, "read"):  # a file-like body can be read once: pass its bytes on instead
+            raw = copy["body"] = raw.read()
+        body = _json_object(raw)
+        family = family_of(model_id) if body is not None else OTHER
+    if body is None or family is OTHER:  # a format we do not know: every byte of the body counts as input
+        measure, items = measure_input(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw),
+                                       _is_image), 1
+    else:
+        measure = InputMeasure()
+        for name in family.input_fields:
+            if name in body:
+                part = measure_input(body[name], _is_image)
+                measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
+        listed = body.get(family.item_field) if family.item_field else None
+        items = len(listed) if isinstance(listed, list) else 1
+    asked = get_path(body, family.max_output) if family.max_output and body is not None else None
+    host, port = _server(client)
+    request = LLMRequest(
+        provider=PROVIDER,
+        price_provider=PRICE_PROVIDER,
+        operation="chat",
+        model=model_name(model_id),
+        stream=operation.stream,
+        input_bytes=measure.bytes,
+        input_items=items,
+        input_images=measure.images,
+        max_output_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool)
+        else family.default_max_output,
+        server_address=host,
+        server_port=port,
+        timeout_seconds=_timeout_seconds(client),
+    )
+    return Prepared(request, operation, family, copy, body)
+
+
+class BedrockHook:
+    """Wraps ``botocore.client.BaseClient._make_api_call``."""
+
+    def __init__(self, guard: GuardRef) -> None:
+        self._guard = guard
+
+    def instrument(self) -> None:
+        wrapt.wrap_function_wrapper("botocore.client", "BaseClient._make_api_call", self._call)
+
+    def uninstrument(self) -> None:
+        from botocore.client import BaseClient
+
+        unwrap(BaseClient, "_make_api_call")
+
+    def _call(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+        guard = self._guard()
+        if guard is None:
+            return wrapped(*args, **kwargs)
+        operation_name, params = _arguments(*args, **kwargs)
+        prepared = prepare(instance, operation_name, params)
+        if prepared is None:
+            return wrapped(*args, **kwargs)
+        call = guard.begin(prepared.request)
+        try:
+            rewritten = prepared.rewrite(call.changes)
+            with call.span.activate():
+                result = wrapped(operation_name, rewritten)
+            return self._observe(result, prepared, call)
+        except BaseException as exc:
+            call.fail(exc)  # a no-op when the call already settled
+            raise
+
+    @staticmethod
+    def _observe(result: Any, prepared: Prepared, call: GuardedCall) -> Any:
+        operation = prepared.operation
+        reader = BedrockReader(operation, prepared.family)
+        if operation.result_field is None:
+            reader.on_body(result)
+            call.finish(reader.info)
+            return result
+        body = result.get(operation.result_field)
+        if operation.stream:
+            observer = BodyObserver(reader, sse=False, on_progress=call.keepalive,
+                                    on_end=lambda info, complete: call.finish(info, complete=complete))
+            result[operation.result_field] = ObservedEventStream(body, observer, call.keepalive)
+            return result
+        data = body.read()
+        with contextlib.suppress(ValueError):
+            reader.on_body(loads(data))
+        info = reader.info
+        headers = get_path(result, ("ResponseMetadata", "HTTPHeaders")) or {}
+        if info.usage is None and HEADER_USAGE.input[0] in headers:
+            info.usage = HEADER_USAGE.read({k: _int(v) for k, v in headers.items()})
+        if info.usage is None:
+            info.output_bytes = len(data)  # no usage reported: the output is within these bytes
+        call.finish(info, complete=info.usage is not None)
+        result[operation.result_field] = _streaming_body(data)
+        return result
+
+
+def _arguments(operation_name: str, api_params: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    return operation_name, api_params
+
+
+def _streaming_body(data: bytes) -> Any:
+    """The caller's response body, over the bytes already read."""
+    from botocore.response import StreamingBody
+
+    return StreamingBody(io.BytesIO(data), len(data))
+
+
+INTEGRATION = Integration("botocore >= 1.34", lambda guard: BedrockHook(guard))
