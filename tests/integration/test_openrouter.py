@@ -97,13 +97,13 @@ def test_every_candidate_must_be_allowed(client: openai.OpenAI, router: Any, gua
     assert router.requests == []
 
 
-def test_downgrade_pins_the_fallback_list(client: openai.OpenAI, router: Any, guarded: GuardFactory) -> None:
+def test_downgrade_drops_the_fallback_list(client: openai.OpenAI, router: Any, guarded: GuardFactory) -> None:
     handle = guarded({"version": 1, "id": "router", "rules": [{"id": "risk", "caps": [
         {"limit_usd": "0.000001", "window": "day", "action": "downgrade", "downgrade_to": "openai/gpt-4o-mini"}]}]})
     client.chat.completions.create(model="openai/gpt-4o", messages=MESSAGES,
                                    extra_body={"models": ["openai/gpt-4o", "anthropic/claude-sonnet-4.5"]})
     body = router.requests[0].body
-    assert (body["model"], body["models"]) == ("openai/gpt-4o-mini", ["openai/gpt-4o-mini"])
+    assert body["model"] == "openai/gpt-4o-mini" and "models" not in body  # the target is the only model
     decision, settlement = handle.receipts()
     assert decision["action"] == "downgrade" and settlement["fallback"] is False
 

@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from agentguard_otel.pricing import TokenUsage
-from agentguard_otel.providers import GuardRef, Integration
-from agentguard_otel.providers.base import RequestChanges, ResponseInfo, UsageFields, get_path
+from agentguard_otel.providers import Integration
+from agentguard_otel.providers.base import ResponseInfo, UsageFields, get_path
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
@@ -26,6 +25,7 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         input_fields=("messages", "system", "tools", "tool_choice"),
         item_field="messages",
         max_output_fields=("max_tokens",),  # required by the API: a clamp lowers it, never removes it
+        fallback_models_field=FALLBACKS_FIELD,
     ),
 }
 
@@ -122,7 +122,8 @@ class AnthropicAdapter(StainlessAdapter):
     endpoints = ENDPOINTS
 
     def __init__(self) -> None:
-        self._wrappers = self._result_types()
+        utils = importlib.import_module("anthropic._utils")
+        self._prepare = getattr(utils, "prepare_request_data", None)  # absent where resources transform
 
     def provider(self, client: Any) -> tuple[str, str]:
         return "anthropic", "anthropic"
@@ -136,79 +137,10 @@ class AnthropicAdapter(StainlessAdapter):
     def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
         return MessagesReader()
 
-    def response_body(self, result: Any) -> Any | None:
-        streams, raw = self._wrappers
-        if isinstance(result, streams):
-            return getattr(result, "response", None)
-        if isinstance(result, raw):
-            return getattr(result, "http_response", None)
-        return None
-
-    @staticmethod
-    def _result_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
-        """SDK result types that still hold an HTTP body: streams and raw-response wrappers
-        (``LegacyAPIResponse`` exists only in older SDK versions)."""
-        streaming = importlib.import_module("anthropic._streaming")
-        response = importlib.import_module("anthropic._response")
-        raw: tuple[type, ...] = (response.BaseAPIResponse,)
-        with contextlib.suppress(ImportError):
-            raw += (importlib.import_module("anthropic._legacy_response").LegacyAPIResponse,)
-        return (streaming.Stream, streaming.AsyncStream), raw
+    def prepare_body(self, data: Any) -> Any:
+        # Recent SDKs pass the caller's arguments to ``request`` as given (omitted markers,
+        # iterators, content blocks from an earlier reply) and make them JSON-ready inside it.
+        return self._prepare(data, location="body") if self._prepare is not None else data
 
 
-class AnthropicHook(StainlessHook):
-    """The Stainless hook, plus two things only Anthropic's body needs.
-
-    * Recent SDKs hand ``request`` the caller's arguments as given (``Omit`` markers, iterators,
-      pydantic content blocks from an earlier response, file paths) and make them JSON-ready
-      inside it. Measuring those as they are would undercount the input, and reading a one-shot
-      iterator would leave the SDK nothing to send; so a guarded call's body is prepared here with
-      the SDK's own function, once, and handed on prepared (preparing plain data again is a copy).
-    * Server-side ``fallbacks`` (beta): entries ``{"model", "max_tokens"?, ...}`` the API may answer
-      with instead. Each model must pass the policy and the reservation covers the dearest one at
-      the largest ``max_tokens``; a clamp lowers every entry's ``max_tokens`` as well, and a
-      downgrade drops the list so the downgrade target is the only model that can answer.
-    """
-
-    def __init__(self, adapter: StainlessAdapter, guard: GuardRef) -> None:
-        super().__init__(adapter, guard)
-        utils = importlib.import_module(f"{adapter.module}._utils")
-        self._plain = getattr(utils, "prepare_request_data", None)  # absent where resources transform
-
-    def _prepare(self, client: Any, options: Any, stream: bool) -> Prepared | None:
-        if (self._plain is not None and str(getattr(options, "method", "")).lower() == "post"
-                and str(getattr(options, "url", "")).split("?", 1)[0] in self.adapter.endpoints):
-            for name in ("json_data", "extra_json"):
-                if getattr(options, name, None) is not None:
-                    setattr(options, name, self._plain(getattr(options, name), location="body"))
-        prepared = super()._prepare(client, options, stream)
-        entries = prepared.body.get(FALLBACKS_FIELD) if prepared is not None else None
-        if prepared is None or not isinstance(entries, list):
-            return prepared
-        request = prepared.request
-        models = tuple(m for e in entries if isinstance(m := get_path(e, ("model",)), str) and m != request.model)
-        limits = [n for e in entries if isinstance(n := get_path(e, ("max_tokens",)), int)]
-        asked = request.max_output_tokens
-        widest = max([asked, *limits]) if asked is not None else None
-        return dataclasses.replace(prepared, request=dataclasses.replace(
-            request, fallback_models=models, max_output_tokens=widest))
-
-    def _rewrite(self, client: Any, options: Any, prepared: Prepared, changes: RequestChanges) -> tuple[Any, bool]:
-        rewritten, hide_usage = super()._rewrite(client, options, prepared, changes)
-        if FALLBACKS_FIELD not in prepared.body or rewritten is options:
-            return rewritten, hide_usage
-        # super() made fresh top-level dicts: edit those, never the caller's.
-        extra = rewritten.extra_json if FALLBACKS_FIELD in (options.extra_json or {}) else None
-        body = extra if extra is not None else rewritten.json_data
-        limit = changes.max_output_tokens
-        if changes.model is not None:
-            del body[FALLBACKS_FIELD]
-        elif limit is not None and isinstance(body[FALLBACKS_FIELD], list):
-            body[FALLBACKS_FIELD] = [
-                {**e, "max_tokens": limit} if isinstance(e, Mapping) and isinstance(e.get("max_tokens"), int)
-                and e["max_tokens"] > limit else e
-                for e in body[FALLBACKS_FIELD]]
-        return rewritten, hide_usage
-
-
-INTEGRATION = Integration("anthropic >= 0.40", lambda guard: AnthropicHook(AnthropicAdapter(), guard))
+INTEGRATION = Integration("anthropic >= 0.40", lambda guard: StainlessHook(AnthropicAdapter(), guard))

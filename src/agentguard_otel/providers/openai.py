@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -170,9 +169,6 @@ class OpenAIAdapter(StainlessAdapter):
     module = "openai"
     endpoints = ENDPOINTS
 
-    def __init__(self) -> None:
-        self._wrappers = self._result_types()
-
     def provider(self, client: Any) -> tuple[str, str]:
         host = str(getattr(getattr(client, "base_url", None), "host", ""))
         if host == OPENROUTER_HOST or host.endswith("." + OPENROUTER_HOST):
@@ -205,23 +201,6 @@ class OpenAIAdapter(StainlessAdapter):
         if remaining is None or isinstance(remaining, bool):
             return None
         return usd_to_nano(repr(remaining) if isinstance(remaining, float) else str(remaining))
-
-    def response_body(self, result: Any) -> Any | None:
-        streams, raw = self._wrappers
-        if isinstance(result, streams):
-            return getattr(result, "response", None)
-        if isinstance(result, raw):
-            return getattr(result, "http_response", None)
-        return None
-
-    @staticmethod
-    def _result_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
-        """SDK result types that still hold an HTTP body: streams and raw-response wrappers."""
-        streaming = importlib.import_module("openai._streaming")
-        legacy = importlib.import_module("openai._legacy_response")
-        response = importlib.import_module("openai._response")
-        return ((streaming.Stream, streaming.AsyncStream),
-                (legacy.LegacyAPIResponse, response.BaseAPIResponse))
 
 
 INTEGRATION = Integration("openai >= 1.60", lambda guard: StainlessHook(OpenAIAdapter(), guard))

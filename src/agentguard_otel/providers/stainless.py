@@ -9,6 +9,8 @@ says, as data, which paths are LLM calls and where their fields are.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import logging
 import threading
@@ -23,7 +25,7 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from agentguard_otel.guard import GuardedCall
 from agentguard_otel.providers import GuardRef
-from agentguard_otel.providers.base import InputMeasure, LLMRequest, RequestChanges, measure_input
+from agentguard_otel.providers.base import InputMeasure, LLMRequest, RequestChanges, get_path, measure_input
 from agentguard_otel.providers.stream import BodyObserver, BodyReader, loads, observe_async, observe_sync
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,9 @@ class Endpoint:
     multiplier_field: str | None = None  # number of choices generated (``n``)
     produces_output: bool = True
     stream_usage_option: bool = False  # usage in a stream only when ``stream_options.include_usage``
-    fallback_models_field: str | None = None  # a list of models the router may answer with instead
+    # Other models that may answer instead: entries are model names (OpenRouter ``models``) or objects
+    # with a ``model`` and optionally their own output limit (Anthropic ``fallbacks``).
+    fallback_models_field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,14 +80,35 @@ class StainlessAdapter(ABC):
     def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
         """A fresh reader for this call's response body."""
 
+    def prepare_body(self, data: Any) -> Any:
+        """The request body as the SDK will send it, for SDKs that finish preparing it (dropping
+        omitted markers, draining iterators, dumping models) only inside ``request``: measured raw,
+        the input would be undercounted, and a one-shot iterator read here would be lost."""
+        return data
+
     def credit_remaining_nano(self, client: Any) -> int | None:
         """The remaining credit of the client's key, where the provider reports it (None: unknown or
         unlimited). Providers without such an endpoint keep this default."""
         return None
 
-    @abstractmethod
     def response_body(self, result: Any) -> Any | None:
         """The HTTP response behind an SDK result (stream or raw wrapper), or None for a parsed object."""
+        streams, raw = self._result_types
+        if isinstance(result, streams):
+            return getattr(result, "response", None)
+        if isinstance(result, raw):
+            return getattr(result, "http_response", None)
+        return None
+
+    @functools.cached_property
+    def _result_types(self) -> tuple[tuple[type, ...], tuple[type, ...]]:
+        """SDK result types that still hold an HTTP body: streams and raw-response wrappers
+        (``LegacyAPIResponse`` only where the SDK version still has it)."""
+        streaming = importlib.import_module(f"{self.module}._streaming")
+        raw: tuple[type, ...] = (importlib.import_module(f"{self.module}._response").BaseAPIResponse,)
+        with contextlib.suppress(ImportError):
+            raw += (importlib.import_module(f"{self.module}._legacy_response").LegacyAPIResponse,)
+        return (streaming.Stream, streaming.AsyncStream), raw
 
 
 def _timeout_seconds(client: Any, options: Any) -> float | None:
@@ -103,6 +128,22 @@ def _timeout_seconds(client: Any, options: Any) -> float | None:
     if not isinstance(retries, int):
         retries = getattr(client, "max_retries", 0)
     return seconds * (1 + (retries if isinstance(retries, int) else 0))
+
+
+def _fallback_entries(body: Mapping[str, Any], endpoint: Endpoint) -> list[Any]:
+    listed = body.get(endpoint.fallback_models_field) if endpoint.fallback_models_field else None
+    return listed if isinstance(listed, list) else []
+
+
+def _entry_model(entry: Any) -> Any:
+    return entry if isinstance(entry, str) else get_path(entry, ("model",))
+
+
+def _lower_limits(entry: Any, fields: tuple[str, ...], limit: int) -> Any:
+    """A fallback entry with its own output limit lowered to the clamp (never raised or added)."""
+    if not isinstance(entry, Mapping):
+        return entry
+    return {**entry, **{f: limit for f in fields if isinstance(entry.get(f), int) and entry[f] > limit}}
 
 
 class StainlessHook:
@@ -132,6 +173,9 @@ class StainlessHook:
         endpoint = self.adapter.endpoints.get(path)
         if endpoint is None:
             return None
+        for name in ("json_data", "extra_json"):
+            if getattr(options, name, None) is not None:
+                setattr(options, name, self.adapter.prepare_body(getattr(options, name)))
         body: dict[str, Any] = {**(options.json_data or {}), **(options.extra_json or {})}
         model = body.get("model")
         if not isinstance(model, str):
@@ -143,9 +187,14 @@ class StainlessHook:
                 measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
         items = body.get(endpoint.item_field) if endpoint.item_field else None
         asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int)]
+        max_output = min(asked) if asked else endpoint.default_max_output
         multiplier = body.get(endpoint.multiplier_field) if endpoint.multiplier_field else None
-        listed = body.get(endpoint.fallback_models_field) if endpoint.fallback_models_field else None
-        fallbacks = tuple(m for m in listed if isinstance(m, str) and m != model) if isinstance(listed, list) else ()
+        entries = _fallback_entries(body, endpoint)
+        fallbacks = tuple(m for e in entries if isinstance(m := _entry_model(e), str) and m != model)
+        entry_limits = [n for e in entries for f in endpoint.max_output_fields
+                        if isinstance(n := get_path(e, (f,)), int)]
+        if max_output is not None and entry_limits:
+            max_output = max(max_output, *entry_limits)  # a fallback may answer with its own, larger limit
         provider, price_provider = self.adapter.provider(client)
         url = getattr(client, "base_url", None)
         request = LLMRequest(
@@ -157,7 +206,7 @@ class StainlessHook:
             input_bytes=measure.bytes,
             input_items=len(items) if isinstance(items, list) else 1,
             input_images=measure.images,
-            max_output_tokens=min(asked) if asked else endpoint.default_max_output,
+            max_output_tokens=max_output,
             output_multiplier=multiplier if isinstance(multiplier, int) and multiplier > 0 else 1,
             produces_output=endpoint.produces_output,
             server_address=getattr(url, "host", None),
@@ -172,29 +221,38 @@ class StainlessHook:
         and whether a usage-only stream chunk was requested on the caller's behalf."""
         endpoint = prepared.endpoint
         updates: dict[str, Any] = {}
+        removals: set[str] = set()
+        fallback_field = endpoint.fallback_models_field
+        entries = _fallback_entries(prepared.body, endpoint)
+        limit = changes.max_output_tokens
         if changes.model is not None:
             updates["model"] = changes.model
-            if endpoint.fallback_models_field and endpoint.fallback_models_field in prepared.body:
-                updates[endpoint.fallback_models_field] = [changes.model]  # a downgrade pins the model
-        if changes.max_output_tokens is not None:
+            if fallback_field in prepared.body:
+                removals.add(str(fallback_field))  # a downgrade leaves the target as the only model
+        elif limit is not None and fallback_field and any(isinstance(e, Mapping) for e in entries):
+            updates[fallback_field] = [_lower_limits(e, endpoint.max_output_fields, limit) for e in entries]
+        if limit is not None:
             present = [f for f in endpoint.max_output_fields if f in prepared.body]
             for name in present or [self.adapter.inject_field(endpoint, client)]:
-                updates[name] = changes.max_output_tokens
+                updates[name] = limit
         hide_usage = False
         if prepared.request.stream and endpoint.stream_usage_option:
             stream_options = prepared.body.get("stream_options")
             if not (isinstance(stream_options, Mapping) and stream_options.get("include_usage")):
                 updates["stream_options"] = {**(stream_options or {}), "include_usage": True}
                 hide_usage = True
-        if not updates:
+        if not updates and not removals:
             return options, False
         extra = dict(options.extra_json or {})
         json_data = dict(options.json_data or {})
         for name, value in updates.items():
             (extra if name in extra else json_data)[name] = value
+        for name in removals:
+            extra.pop(name, None)
+            json_data.pop(name, None)
         copy = options.model_copy()
         copy.json_data = json_data
-        copy.extra_json = extra or options.extra_json
+        copy.extra_json = extra if options.extra_json is not None or extra else None
         return copy, hide_usage
 
     # -- the wrappers -----------------------------------------------------------------------
