@@ -211,6 +211,10 @@ class Ledger(ABC):
     counts while that instant lies in ``(now - length, now]``.
     """
 
+    # True when every operation is a network round trip: async callers then run ledger work in a
+    # worker thread instead of stalling their event loop.
+    remote: bool = False
+
     @abstractmethod
     def reserve(self, counters: Sequence[CounterSpec], amount_nano: int, ttl_seconds: float) -> Reservation:
         """Check and hold ``amount_nano`` on every counter in one atomic step."""

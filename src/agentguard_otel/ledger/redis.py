@@ -351,6 +351,8 @@ class RedisLedger(Ledger):
     clock is the only clock.
     """
 
+    remote = True
+
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
                  prefix: str = DEFAULT_PREFIX, clock: Clock | None = None) -> None:
         # A pool per ledger: thread-safe, and redis-py drops inherited connections after a fork.

@@ -9,6 +9,7 @@ says, as data, which paths are LLM calls and where their fields are.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
@@ -319,7 +320,12 @@ class StainlessHook:
 
     async def _async(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        begun = self._begin(instance, args, kwargs)
+        guard = self._guard()
+        # A remote ledger is a network round trip: decide in a worker thread (the context, and so the
+        # scope, goes with it) so the event loop keeps serving other tasks meanwhile.
+        offload = guard is not None and guard.ledger.remote
+        begun = await asyncio.to_thread(self._begin, instance, args, kwargs) if offload else \
+            self._begin(instance, args, kwargs)
         if begun is None:
             return await wrapped(*args, **kwargs)
         call, prepared, args, kwargs, hide_usage = begun
@@ -329,7 +335,10 @@ class StainlessHook:
         except BaseException as exc:
             call.fail(exc)
             raise
-        self._observe(result, prepared, call, hide_usage, observe_async)
+        if offload:
+            await asyncio.to_thread(self._observe, result, prepared, call, hide_usage, observe_async)
+        else:
+            self._observe(result, prepared, call, hide_usage, observe_async)
         return result
 
     # -- response side ----------------------------------------------------------------------
