@@ -20,15 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import openai
 
 from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor, scope
+from agentguard_otel.demo.routing import OPENROUTER_BASE_URL, local_openrouter_client
 from agentguard_otel.receipts import SigningKey
 
 HERE = Path(__file__).resolve().parent
 POLICY = HERE / "policy.yaml"
-OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
 @dataclass(frozen=True)
@@ -78,24 +77,6 @@ class Outcome:
     reason: str
 
 
-class _ToLocal(httpx2.HTTPTransport):
-    """Routes the client's connections to a local server; URL path and Host header stay OpenRouter's."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__()
-        self.port = port
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self.port)
-        return super().handle_request(request)
-
-
-def local_client(port: int) -> openai.OpenAI:
-    """An OpenRouter client whose requests are served by the local server on `port`."""
-    return openai.OpenAI(base_url=OPENROUTER_BASE_URL, api_key="sk-or-local", max_retries=0,
-                         http_client=openai.DefaultHttpxClient(transport=_ToLocal(port)))
-
-
 def drive(client: openai.OpenAI, tasks: tuple[Task, ...] = TASKS) -> list[str]:
     """Run each task once under its scope; a blocked call is expected and recorded, never retried."""
     blocked = []
@@ -141,7 +122,7 @@ def _client() -> Iterator[openai.OpenAI]:
     from agentguard_otel.demo.server import LocalOpenAIServer
 
     with LocalOpenAIServer(openrouter=True) as server:
-        yield local_client(int(server.base_url.rsplit(":", 1)[1].split("/")[0]))
+        yield local_openrouter_client(server.base_url)
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from agentguard_otel import AgentGuardInstrumentor
+from agentguard_otel.demo.routing import local_openrouter_client
 from agentguard_otel.demo.server import LocalOpenAIServer
 from agentguard_otel.money import NANO_PER_USD
 from agentguard_otel.policy import load_policy
@@ -64,7 +65,7 @@ def router() -> Iterator[LocalOpenAIServer]:
 
 def _client(router: LocalOpenAIServer) -> Any:
     router.reset()
-    return team.local_client(int(router.base_url.rsplit(":", 1)[1].split("/")[0]))
+    return local_openrouter_client(router.base_url)
 
 
 def test_every_model_of_the_table_is_priced_as_openrouter_spells_it() -> None:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
 from agentguard_otel import AgentGuardBlocked
+from agentguard_otel.demo.routing import local_openrouter_client
 from agentguard_otel.demo.server import LocalOpenAIServer
 from tests.conftest import GuardFactory, Telemetry
 
@@ -20,18 +20,6 @@ PRICES = {"openai/gpt-4o-mini": ("0.15", "0.60"), "openai/gpt-4o": ("2.50", "10.
 MESSAGES = [{"role": "user", "content": "Collect the chargeback evidence."}]
 POLICY: dict[str, Any] = {"version": 1, "id": "router", "rules": [
     {"id": "all", "caps": [{"limit_usd": 10, "window": "day", "action": "block"}]}]}
-
-
-class _ToLocal(httpx2.HTTPTransport):
-    """Sends every request to the local server, keeping the URL's path and the Host the SDK chose."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__()
-        self.port = port
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self.port)
-        return super().handle_request(request)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +31,7 @@ def router() -> Iterator[LocalOpenAIServer]:
 @pytest.fixture
 def client(router: LocalOpenAIServer) -> openai.OpenAI:
     router.reset()
-    port = int(router.base_url.split(":")[2].split("/")[0])
-    return openai.OpenAI(base_url="https://openrouter.ai/api/v1", api_key="sk-or-test", max_retries=0,
-                         http_client=openai.DefaultHttpxClient(transport=_ToLocal(port)))
+    return local_openrouter_client(router.base_url, api_key="sk-or-test")
 
 
 def test_openrouter_is_named_and_its_reported_cost_is_the_actual(client: openai.OpenAI, guarded: GuardFactory,

@@ -21,10 +21,9 @@ import yaml
 
 from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor, config, scope
 from agentguard_otel.cli import spend_table
+from agentguard_otel.demo.routing import OPENROUTER_BASE_URL
 from agentguard_otel.money import format_usd
 from agentguard_otel.receipts import load_public_keys, verify
-
-OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
 
 def demo_policy(big: str, small: str) -> dict[str, Any]:
