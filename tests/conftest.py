@@ -4,6 +4,7 @@ and a factory that instruments agentguard with a policy and fresh state in a tem
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,20 @@ class Telemetry:
                     if metric.name == name:
                         points.extend(metric.data.data_points)
         return points
+
+
+# Variables of the caller's shell that would change what the package or the SDKs do in a test.
+_CALLER_PREFIXES = ("AGENTGUARD_", "OTEL_", "OPENAI_", "ANTHROPIC_", "OPENROUTER_", "AWS_")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test sees its own data directory and none of the caller's settings: a test must
+    pass the same whatever the developer exported or synced into their own data directory."""
+    for name in list(os.environ):
+        if name.startswith(_CALLER_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENTGUARD_HOME", str(tmp_path_factory.mktemp("agentguard-home")))
 
 
 @pytest.fixture

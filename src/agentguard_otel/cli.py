@@ -1,4 +1,4 @@
-"""The ``agentguard`` command: keygen, verify, policy check, pricing sync, spend, demo."""
+"""The agentguard command: keygen, verify, policy check, pricing sync, spend, demo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from agentguard_otel import config
 from agentguard_otel.errors import AgentGuardError
 from agentguard_otel.money import format_usd
+from agentguard_otel.version import __version__
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -97,9 +98,10 @@ def _spend(args: argparse.Namespace) -> int:
     from agentguard_otel.ledger import open_ledger
 
     url = args.ledger or config.resolve({}).ledger
-    ledger = open_ledger(url)
+    ledger = open_ledger(url, existing=True)
     try:
         states = ledger.states(args.prefix)
+        location = ledger.location
     finally:
         ledger.close()
     if args.json:
@@ -108,6 +110,7 @@ def _spend(args: argparse.Namespace) -> int:
             "spent_nano": s.spent_nano, "held_nano": s.held_nano, "limit_nano": s.limit_nano,
         } for s in states], indent=2))
         return 0
+    print(f"ledger: {location}")
     print(spend_table(states))
     return 0
 
@@ -133,7 +136,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentguard", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="agentguard", description="In-process LLM spend governance: keys, receipts, policies, prices and spend.")
+    parser.add_argument("--version", action="version", version=f"agentguard-otel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key (private 0600 + .pub)")

@@ -1,14 +1,25 @@
-"""``AgentGuardInstrumentor``: settings -> guard; patch and unpatch each installed SDK."""
+"""``AgentGuardInstrumentor``: settings -> guard; patch each SDK when the application imports it, unpatch.
+
+SDKs are patched from post-import hooks, so ``instrument()`` imports none of them (an app that never
+uses ``anthropic`` does not pay its import time) and an SDK imported later is guarded all the same.
+wrapt's hooks cannot be removed, so one dispatcher per module name is registered for the process and
+the instrumentors' pending patches live in ``_PENDING``, which ``uninstrument()`` empties of its own.
+"""
 
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib
 import importlib.util
 import logging
-from collections.abc import Collection
+import sys
+import threading
+from collections.abc import Callable, Collection
+from types import ModuleType
 from typing import Any
 
+import wrapt
 from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
@@ -29,6 +40,7 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _guard: Guard | None = None
     _hooks: list[Hook]
+    _waiting: list[tuple[str, Callable[[ModuleType], None]]]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         # Each provider SDK is optional: integrations check their own SDK, so none is required here.
@@ -50,14 +62,30 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         receipts = ReceiptWriter(settings.receipts, key, on_checkpoint=telemetry.emit_receipt)
         scope.set_defaults(settings.scope_defaults)
         self._guard = Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry)
+        logger.info("agentguard: ledger %s, receipts in %s", ledger.location, settings.receipts)
         self._hooks = []
-        for integration in _installed_integrations():
+        self._waiting = []
+        for module, trigger in INTEGRATION_MODULES:
+            if _supported(module, trigger):
+                patch = self._patcher(module)
+                self._waiting.append((trigger, patch))
+                _when_imported(trigger, patch)
+        atexit.register(self._close)
+
+    def _patcher(self, module: str) -> Callable[[ModuleType], None]:
+        def patch(_sdk: ModuleType) -> None:
+            integration: Integration = importlib.import_module(module).INTEGRATION
             hook = integration.make_hook(lambda: self._guard)
             hook.instrument()
             self._hooks.append(hook)
-        atexit.register(self._close)
+        return patch
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        with _PENDING_LOCK:
+            for trigger, patch in self._waiting:
+                if patch in _PENDING.get(trigger, ()):
+                    _PENDING[trigger].remove(patch)
+        self._waiting = []
         for hook in self._hooks:
             hook.uninstrument()
         self._hooks = []
@@ -71,17 +99,37 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             guard.ledger.close()
 
 
-def _installed_integrations() -> list[Integration]:
-    """Integrations whose SDK is installed in a version the adapter supports (others are skipped,
-    a version conflict with a warning: those calls would not be guarded)."""
-    found = []
-    for module, sdk in INTEGRATION_MODULES:
-        if importlib.util.find_spec(sdk) is None:
-            continue
-        integration: Integration = importlib.import_module(module).INTEGRATION
-        conflict = get_dependency_conflicts([integration.requirement])
-        if conflict is not None:
-            logger.warning("agentguard: %s; calls through %s are NOT guarded", conflict, sdk)
-            continue
-        found.append(integration)
-    return found
+def _supported(module: str, trigger: str) -> bool:
+    """Whether the SDK is installed in a version the adapter supports, read from its distribution's
+    metadata without importing it (a version conflict is warned about: those calls are not guarded)."""
+    package = trigger.split(".", 1)[0]
+    if importlib.util.find_spec(package) is None:
+        return False
+    integration: Integration = importlib.import_module(module).INTEGRATION
+    conflict = get_dependency_conflicts([integration.requirement])
+    if conflict is not None:
+        logger.warning("agentguard: %s; calls through %s are NOT guarded", conflict, package)
+        return False
+    return True
+
+
+_PENDING: dict[str, list[Callable[[ModuleType], None]]] = {}
+_PENDING_LOCK = threading.RLock()
+
+
+def _when_imported(name: str, patch: Callable[[ModuleType], None]) -> None:
+    """Run ``patch`` once ``name`` is imported (at once if it already is)."""
+    with _PENDING_LOCK:
+        first = name not in _PENDING
+        _PENDING.setdefault(name, []).append(patch)
+    if first:
+        wrapt.register_post_import_hook(functools.partial(_dispatch, name), name)
+    elif name in sys.modules:
+        _dispatch(name, sys.modules[name])
+
+
+def _dispatch(name: str, module: ModuleType) -> None:
+    with _PENDING_LOCK:
+        patches, _PENDING[name] = _PENDING.get(name, []), []
+    for patch in patches:
+        patch(module)

@@ -1,5 +1,6 @@
-"""Real components for the collector tests: the OpenTelemetry Collector built from
-``../shared/tools/otelcol/build.sh``, Arize Phoenix in its own virtualenv, and the instrumented app.
+"""Real components for the collector tests: the OpenTelemetry Collector built by the project's
+``scripts/otelcol/build.sh``, Arize Phoenix in its own virtualenv, and the instrumented app. Both are
+kept under ``TEST_TOOLS_DIR`` (``.ci/run`` sets it; default: ``.cache`` in the checkout).
 
 Every process is started on free 127.0.0.1 ports, waited for with a bounded timeout and always
 stopped; a process that fails to start reports its own output."""
@@ -25,12 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "collector-config"
 APP = Path(__file__).with_name("agent_app.py")
 
-OTELCOL_BUILD = ROOT.parent / "shared" / "tools" / "otelcol" / "build.sh"
-OTELCOL = Path.home() / ".cache" / "otelcol-core" / "otelcol"
+TOOLS = Path(os.environ.get("TEST_TOOLS_DIR") or ROOT / ".cache")
+OTELCOL_BUILD = ROOT / "scripts" / "otelcol" / "build.sh"
+OTELCOL = TOOLS / "otelcol-core" / "otelcol"
 # The collector's own telemetry would listen on :8888; the tests need nothing from it.
 NO_SELF_TELEMETRY = "--config=yaml:service::telemetry::metrics::level: none"
 
-PHOENIX_VENV = Path.home() / ".cache" / "agentguard-phoenix"
+PHOENIX_VENV = TOOLS / "agentguard-phoenix"
 PHOENIX_REQUIREMENT = "arize-phoenix==20.26.1"
 
 # Code review is allowed (capped per user and day); a payment needs a capability the app's scope lacks;
@@ -67,8 +69,8 @@ def obtain_otelcol() -> Path:
     """The collector binary; built (once, about 4 minutes) only when the cache does not hold it."""
     if not os.access(OTELCOL, os.X_OK):
         assert OTELCOL_BUILD.is_file(), f"collector build script not found at {OTELCOL_BUILD}"
-        build = subprocess.run(["bash", str(OTELCOL_BUILD)], capture_output=True, text=True, timeout=1800,
-                               check=False)
+        build = subprocess.run(["bash", str(OTELCOL_BUILD), str(OTELCOL.parent)], capture_output=True, text=True,
+                               timeout=1800, check=False)
         assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     return OTELCOL
 

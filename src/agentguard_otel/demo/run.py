@@ -74,7 +74,8 @@ def run_demo(calls: int = 12) -> int:
         policy = demo_policy(big, small)
         (run_dir / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
         instrumentor = AgentGuardInstrumentor()
-        instrumentor.instrument(policy=policy, signing_key=str(key_path), ledger=f"sqlite:///{run_dir / 'ledger.db'}",
+        ledger_url = f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
+        instrumentor.instrument(policy=policy, signing_key=str(key_path), ledger=ledger_url,
                                 receipts=str(run_dir / "receipts"))
         try:
             print(f"endpoint: {base_url}\npolicy:   {run_dir / 'policy.yaml'}\n")
@@ -87,8 +88,11 @@ def run_demo(calls: int = 12) -> int:
             instrumentor.uninstrument()
     rows = _rows(labels, run_dir / "receipts")
     print(_table(rows))
+    print("\nA cap trips on the reservation: a call is admitted only if its reserved price bound fits what is "
+          "left, so a cap acts before the spend so far reaches it; each call then settles to its actual cost.")
     print("\nspend per scope (current windows):")
     print(spend_table(states))
+    print(f"read this ledger again: agentguard spend --ledger {ledger_url}")
     return _verify(run_dir, key_path, rows)
 
 
@@ -120,7 +124,7 @@ def _agent_loop(client: Any, big: str, calls: int) -> list[str]:
     return labels
 
 
-Row = tuple[str, str, str, str, str]
+Row = tuple[str, str, str, str, str, str]
 
 
 def _rows(labels: list[str], receipts: Path) -> list[Row]:
@@ -132,17 +136,18 @@ def _rows(labels: list[str], receipts: Path) -> list[Row]:
     rows: list[Row] = []
     for label, d in zip(labels, decisions, strict=True):
         settlement = settled.get(d["call_id"])
+        reserved = format_usd(d["estimated_nano"]) if d["action"] != "block" else "-"
         cost = format_usd(settlement["actual_nano"]) if settlement else "-"
         note = "" if d["action"] == "allow" else d["reason"]
         model = d["model_requested"]
         if d["model_effective"] != model:
             model = f"{model} -> {d['model_effective']}"
-        rows.append((label, d["action"], model, cost, note))
+        rows.append((label, d["action"], model, reserved, cost, note))
     return rows
 
 
 def _table(rows: list[Row]) -> str:
-    header = ("step", "decision", "model", "actual cost", "why")
+    header = ("step", "decision", "model", "reserved", "actual", "why")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows])
 

@@ -44,6 +44,7 @@ import base64
 import contextlib
 import itertools
 import json
+import signal
 import socket
 import struct
 import sys
@@ -786,7 +787,7 @@ class LocalOpenAIServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until Ctrl-C: `python -m agentguard_otel.demo.server --port 8099 [--openrouter]`."""
+    """Serve until Ctrl-C or SIGTERM: `python -m agentguard_otel.demo.server --port 8099 [--openrouter]`."""
     parser = argparse.ArgumentParser(prog="python -m agentguard_otel.demo.server", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
@@ -801,10 +802,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         reply_words=args.reply_words,
         cached_tokens=args.cached_tokens,
     )
+    stop = threading.Event()
+    # Installed explicitly: a process started in the background inherits SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     with server:
         print(server.base_url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()  # Ctrl-C interrupts the wait in the main thread
+        stop.wait()
     return 0
 
 

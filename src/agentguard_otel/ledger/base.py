@@ -215,6 +215,11 @@ class Ledger(ABC):
     # worker thread instead of stalling their event loop.
     remote: bool = False
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the counters live, for people: an absolute file path, a server, or "this process"."""
+
     @abstractmethod
     def reserve(self, counters: Sequence[CounterSpec], amount_nano: int, ttl_seconds: float) -> Reservation:
         """Check and hold ``amount_nano`` on every counter in one atomic step."""

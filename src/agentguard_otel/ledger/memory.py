@@ -148,6 +148,10 @@ class MemoryLedger(Ledger):
                                            row.limit))
             return states
 
+    @property
+    def location(self) -> str:
+        return "memory:// (this process only)"
+
     def close(self) -> None:
         """Nothing to free: the ledger lives and dies with its dicts."""
 

@@ -371,6 +371,10 @@ class RedisLedger(Ledger):
         self._renew = client.register_script(_RENEW)
         self._states = client.register_script(_STATES)
 
+    @property
+    def location(self) -> str:
+        return f"redis server {self._where} (key prefix {self._prefix!r})"
+
     @classmethod
     def from_url(cls, url: str) -> RedisLedger:
         """The ledger a ``redis://`` / ``rediss://`` URL names (see :func:`parse_redis_url`)."""

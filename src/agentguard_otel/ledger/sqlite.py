@@ -209,6 +209,10 @@ class SQLiteLedger(Ledger):
     def path(self) -> Path:
         return self._path
 
+    @property
+    def location(self) -> str:
+        return f"sqlite:///{self._path.resolve()}"
+
     def reserve(self, counters: Sequence[CounterSpec], amount_nano: int, ttl_seconds: float) -> Reservation:
         specs = check_counters(counters)
         check_nano(amount_nano, "amount_nano")

@@ -1,5 +1,6 @@
-"""Provider integrations: each SDK module here exposes ``INTEGRATION``; the instrumentor enables those
-whose SDK is installed in a supported version. Adding a provider = one module + one line below."""
+"""Provider integrations: each SDK module here exposes ``INTEGRATION``; the instrumentor patches an SDK
+when the application imports it (never importing it itself), if it is installed in a supported version.
+Adding a provider = one module + one line below."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ class Integration:
     make_hook: Callable[[GuardRef], Hook]
 
 
-# (our provider module defining INTEGRATION, the SDK's import name): ours is imported only when the SDK is.
+# (our provider module defining INTEGRATION, the SDK module whose import triggers the patch): ours is
+# imported only once the SDK's is.
 INTEGRATION_MODULES: tuple[tuple[str, str], ...] = (
     ("agentguard_otel.providers.openai", "openai"),
-    ("agentguard_otel.providers.bedrock", "botocore"),
+    ("agentguard_otel.providers.bedrock", "botocore.client"),
     ("agentguard_otel.providers.anthropic", "anthropic"),
 )
