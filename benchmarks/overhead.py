@@ -2,7 +2,7 @@
 
 Not a test: run ``python benchmarks/overhead.py`` and copy the table into the README.
 
-Latency: the real ``openai`` SDK against the local OpenAI-wire server, in alternating blocks of
+Latency: the real ``openai`` SDK against the demo's local OpenAI-wire endpoint, in alternating blocks of
 bare and guarded calls within one run (the machine is shared and noisy, so only same-run
 comparisons mean anything). Added latency = median(guarded) - median(bare), reported with the
 ratio. Each guarded call makes a reservation, signs a decision receipt, settles and signs a
@@ -30,9 +30,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from agentguard_otel import AgentGuardInstrumentor
-from agentguard_otel.demo.server import LocalOpenAIServer
+from agentguard_otel.call import LLMRequest, ResponseInfo
+from agentguard_otel.demo.server import DemoServer
 from agentguard_otel.pricing import TokenUsage
-from agentguard_otel.providers.base import LLMRequest, ResponseInfo
 from agentguard_otel.receipts import SigningKey
 
 POLICY = {"version": 1, "id": "bench", "mode": "enforce", "rules": [
@@ -66,7 +66,7 @@ def latency(ledger: str, stream: bool, rounds: int, block: int) -> tuple[float, 
     """(median bare µs, median guarded µs) over interleaved blocks."""
     from agentguard_otel import scope
 
-    with LocalOpenAIServer() as server, tempfile.TemporaryDirectory() as tmp:
+    with DemoServer() as server, tempfile.TemporaryDirectory() as tmp:
         client = openai.OpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
 
         def call() -> None:
@@ -87,7 +87,6 @@ def latency(ledger: str, stream: bool, rounds: int, block: int) -> tuple[float, 
             with scope(team="eng", user="alice"):
                 guarded += _time(call, block)
             instrumentor.uninstrument()
-            server.reset()
         return statistics.median(bare) * 1e6, statistics.median(guarded) * 1e6
 
 

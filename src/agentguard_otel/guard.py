@@ -1,7 +1,9 @@
 """The orchestration of one call: scope -> rules -> price bound -> reservation -> decision ->
 signed receipt -> (the call) -> usage -> actual cost -> settlement -> signed receipt.
 
-The guard knows no SDK: adapters hand it an :class:`LLMRequest` and a :class:`ResponseInfo`.
+The guard knows no SDK: the lifecycle hands it an :class:`LLMRequest` and a :class:`ResponseInfo`.
+Its own failures never reach a caller whose request the provider answered: they settle the call at
+its reservation, marked degraded.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
+from agentguard_otel.call import Action, CapRef, Decision, LLMRequest, RequestChanges, ResponseInfo
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
-from agentguard_otel.ledger import CounterSpec, CounterState, Ledger, Reservation
+from agentguard_otel.ledger import MAX_AMOUNT_NANO, CounterSpec, CounterState, Ledger, Reservation
 from agentguard_otel.money import format_usd
-from agentguard_otel.policy import Cap, Policy, Rule
+from agentguard_otel.policy import Policy, Rule
 from agentguard_otel.pricing import (
     ModelPrice,
     PriceBook,
@@ -26,58 +29,51 @@ from agentguard_otel.pricing import (
     fallback_price,
     input_token_bound,
 )
-from agentguard_otel.providers.base import LLMRequest, RequestChanges, ResponseInfo
 from agentguard_otel.receipts import ReceiptWriter
 from agentguard_otel.scope import Scope, capability_satisfies, current_scope
-from agentguard_otel.telemetry import BudgetReading, CallSpan, Telemetry
+from agentguard_otel.telemetry import BLOCKED_ERROR_TYPE, BudgetReading, CallSpan, Settled, Telemetry
 
 logger = logging.getLogger(__name__)
 
-Action = Literal["allow", "downgrade", "block", "shadow"]
 _SEVERITY: dict[str, int] = {"allow": 0, "shadow": 1, "downgrade": 2, "block": 3}
 DEFAULT_TIMEOUT_SECONDS = 600.0
 HOLD_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
-class CapRef:
-    """One cap of one rule, with the ledger counter it maps to for this caller."""
+class _Pricing:
+    """The model a call would be sent as, its price and the call's price bound."""
 
-    rule: Rule
-    index: int
-    cap: Cap
-    counter: str
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "rule_id": self.rule.id,
-            "index": self.index,
-            "window": self.cap.window,
-            "rolling": self.cap.rolling,
-            "limit_nano": self.cap.limit_nano,
-            "action": self.cap.action,
-            "counter": self.counter,
-        }
+    model: str
+    price: ModelPrice
+    unknown: bool
+    estimate: int
 
 
 @dataclass(frozen=True)
-class Decision:
+class _Plan:
+    request: LLMRequest
     call_id: str
-    action: Action
-    reason: str
-    model_requested: str
-    model_effective: str
-    estimated_nano: int
-    price: ModelPrice
-    max_output_tokens: int | None  # the output bound the estimate used
-    changes: RequestChanges
-    rule_id: str | None = None
-    cap: CapRef | None = None
-    would: Action | None = None  # in shadow: what enforcement would have done
-    hold_id: str | None = None
-    degraded: bool = False
-    unknown_model: bool = False
-    caps: tuple[CapRef, ...] = ()  # every cap that applied, to read the budget at settlement
+    caps: tuple[CapRef, ...]
+    price: ModelPrice  # of the requested model
+    unknown: bool
+    fallback_prices: tuple[ModelPrice, ...]
+    output_bound: int | None
+    clamp: int | None  # the output limit to write into the request, if any
+    violation: _Outcome | None
+
+    @property
+    def ledger_caps(self) -> list[CapRef]:
+        return [c for c in self.caps if c.cap.window != "call"]
+
+    def pricing(self, guard: Guard, model: str | None = None) -> _Pricing:
+        """The requested model (with every fallback candidate), or a downgrade target alone."""
+        if model is None or model == self.request.model:
+            prices = [self.price, *self.fallback_prices]
+            return _Pricing(self.request.model, self.price, self.unknown,
+                            guard._estimate(self.request, prices, self.output_bound))
+        price, unknown = guard._price(self.request, model)
+        return _Pricing(model, price, unknown, guard._estimate(self.request, [price], self.output_bound))
 
 
 @dataclass
@@ -117,6 +113,44 @@ class Guard:
         self.receipts = receipts
         self.telemetry = telemetry
         self._policy_ref = {"id": policy.id, "version": policy.version, "digest": policy.digest}
+        self._in_flight = 0
+        self._closing = False
+        self._flight_lock = threading.Lock()
+
+    @property
+    def enforcing(self) -> bool:
+        return self.policy.mode == "enforce"
+
+    def close(self) -> None:
+        """Close the ledger and the receipt writer once every call in flight has settled (a stream
+        read after ``uninstrument()`` still writes its settlement receipt)."""
+        with self._flight_lock:
+            self._closing = True
+            if self._in_flight:
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        try:
+            self.receipts.close()
+        finally:
+            self.ledger.close()
+
+    def _landed(self) -> None:
+        with self._flight_lock:
+            self._in_flight -= 1
+            last = self._closing and not self._in_flight
+        if last:
+            self._close_now()
+
+    def unreadable(self, exc: BaseException) -> None:
+        """An adapter could not read a request it recognised: blocked in enforce mode, sent as it
+        is (unrecorded) in shadow mode."""
+        logger.error("agentguard: could not read a request (%s)", type(exc).__name__)
+        if self.enforcing:
+            raise AgentGuardBlocked(action="block", reason=f"agentguard could not read the request "
+                                    f"({type(exc).__name__}); blocked in enforce mode", cap=None,
+                                    scope=current_scope().as_dict(), receipt_hash=None)
 
     # -- decision ---------------------------------------------------------------------------
 
@@ -126,9 +160,9 @@ class Guard:
         span = self.telemetry.start_call(request, scope)
         try:
             decision = self._decide(request, scope)
-        except BaseException as exc:
-            span.fail(exc)
-            raise
+        except Exception as exc:  # a bug of ours: block in enforce mode, let it through (recorded) in shadow
+            logger.exception("agentguard: could not decide a call")
+            decision = self._undecided(request, exc)
         receipt: dict[str, Any] | None
         try:
             receipt = self._sign("decision", self._decision_body(request, scope, decision), span)
@@ -145,14 +179,34 @@ class Guard:
                 receipt_hash=receipt.get("hash") if receipt else None,
                 rule_id=decision.rule_id,
             )
-            span.fail(error)
+            span.fail(BLOCKED_ERROR_TYPE, error.reason)
             raise error
+        with self._flight_lock:
+            self._in_flight += 1
         return GuardedCall(self, request, scope, decision, receipt, span)
 
+    def _undecided(self, request: LLMRequest, exc: Exception) -> Decision:
+        fallback = self.policy.unknown_model_price
+        price = fallback_price(request.price_provider, request.model, fallback.input_nano_per_mtok,
+                               fallback.output_nano_per_mtok)
+        action: Action = "block" if self.enforcing else "allow"
+        return Decision(call_id=uuid.uuid4().hex, action=action, reason=f"agentguard internal error "
+                        f"({type(exc).__name__})", model_requested=request.model, model_effective=request.model,
+                        estimated_nano=0, price=price, max_output_tokens=request.max_output_tokens,
+                        changes=RequestChanges(), degraded=True)
+
     def _decide(self, request: LLMRequest, scope: Scope) -> Decision:
-        policy = self.policy
-        enforcing = policy.mode == "enforce"
-        rules = policy.matching_rules(scope)
+        plan = self._plan(request, scope)
+        if not self.enforcing:
+            return self._shadow(plan)
+        if plan.violation is not None:
+            return self._decision(plan, plan.violation, plan.pricing(self))
+        return self._enforce(plan)
+
+    def _plan(self, request: LLMRequest, scope: Scope) -> _Plan:
+        """Everything the decision needs that the ledger does not say: the rules, the prices of
+        every model that may answer, the checks that need no ledger, the caps and the output bound."""
+        rules = self.policy.matching_rules(scope)
         price, unknown = self._price(request, request.model)
         # OpenRouter-style fallback lists: any candidate may answer, so each must be allowed and the
         # reservation must cover the most expensive one (until a downgrade pins the model).
@@ -160,96 +214,93 @@ class Guard:
         unknown = unknown or any(flag for _, flag in fallbacks)
         candidates = [(request.model, price), *((m, p) for m, (p, _) in zip(request.fallback_models, fallbacks,
                                                                               strict=True))]
-        violation = self._violation(request, scope, rules, candidates, unknown)
-        extra = [p for p, _ in fallbacks]
-        caps = [CapRef(rule, i, cap, counter_key(rule, i, scope)) for rule in rules for i, cap in enumerate(rule.caps)]
+        caps = tuple(CapRef(rule, i, cap, counter_key(rule, i, scope)) for rule in rules
+                     for i, cap in enumerate(rule.caps))
         clamp = min((r.max_output_tokens for r in rules if r.max_output_tokens is not None), default=None)
         output_bound, inject = self._output_bound(request, clamp, bool(caps))
-        clamp_change = output_bound if inject and enforcing else None
-        base: dict[str, Any] = {"call_id": uuid.uuid4().hex, "model_requested": request.model,
-                                "max_output_tokens": output_bound}
+        return _Plan(request=request, call_id=uuid.uuid4().hex, caps=caps, price=price, unknown=unknown,
+                     fallback_prices=tuple(p for p, _ in fallbacks), output_bound=output_bound,
+                     clamp=output_bound if inject and self.enforcing else None,
+                     violation=self._violation(request, scope, rules, candidates, unknown))
 
-        def decided(outcome: _Outcome, model: str, estimate: int, price: ModelPrice, unknown: bool,
-                    reservation: Reservation | None = None, would: Action | None = None,
-                    degraded: bool = False) -> Decision:
-            admitted = outcome.action != "block"
-            changes = RequestChanges(model=model if model != request.model else None,
-                                     max_output_tokens=clamp_change) if admitted else RequestChanges()
-            return Decision(action=outcome.action, reason=outcome.reason, rule_id=outcome.rule_id,
-                            cap=outcome.cap, model_effective=model, estimated_nano=estimate, price=price,
-                            changes=changes, would=would, unknown_model=unknown, degraded=degraded,
-                            hold_id=reservation.hold_id if reservation and admitted else None,
-                            caps=tuple(caps), **base)
+    def _shadow(self, plan: _Plan) -> Decision:
+        """Shadow mode: hold everything, enforce nothing, record what enforcement would have done."""
+        pricing = plan.pricing(self)
+        held = self._reserve(plan, [self._spec(c, False) for c in plan.ledger_caps], pricing)
+        if isinstance(held, Decision):
+            return held
+        noted = self._over_after(plan.caps, held.states, pricing.estimate, lambda c: True)
+        worst = plan.violation or (max(noted, key=lambda o: _SEVERITY[o.action]) if noted else None)
+        if worst is None:
+            return self._decision(plan, _Outcome("allow", "within budget"), pricing, held)
+        shadow = _Outcome("shadow", f"{worst.reason} (shadow: would {worst.action})", worst.rule_id, worst.cap)
+        return self._decision(plan, shadow, pricing, held, would=worst.action)
 
-        def reserve(specs: list[CounterSpec], model: str, estimate: int, price: ModelPrice,
-                    unknown: bool) -> Reservation | Decision:
-            try:
-                return self.ledger.reserve(specs, estimate, self._ttl(request))
-            except LedgerUnavailable as exc:
-                if policy.failure_mode == "closed":
-                    return decided(_Outcome("block", f"ledger unavailable (failure_mode closed): {exc}"),
-                                   model, estimate, price, unknown, degraded=True)
-                logger.warning("agentguard: ledger unavailable, allowing the call (failure_mode open): %s", exc)
-                return decided(_Outcome("allow", f"ledger unavailable (failure_mode open): {exc}"),
-                               model, estimate, price, unknown, degraded=True)
-
-        ledger_caps = [c for c in caps if c.cap.window != "call"]
-        if not enforcing:
-            # Shadow mode: hold everything, enforce nothing, record what enforcement would have done.
-            estimate = self._estimate(request, [price, *extra], output_bound)
-            held = reserve([self._spec(c, False) for c in ledger_caps], request.model, estimate, price, unknown)
-            if isinstance(held, Decision):
-                return held
-            noted = self._over_after(caps, held.states, estimate, lambda c: True)
-            worst = violation or (max(noted, key=lambda o: _SEVERITY[o.action]) if noted else None)
-            if worst is None:
-                return decided(_Outcome("allow", "within budget"), request.model, estimate, price, unknown, held)
-            shadow = _Outcome("shadow", f"{worst.reason} (shadow: would {worst.action})", worst.rule_id, worst.cap)
-            return decided(shadow, request.model, estimate, price, unknown, held, would=worst.action)
-
-        if violation is not None:
-            estimate = self._estimate(request, [price, *extra], output_bound)
-            return decided(violation, request.model, estimate, price, unknown)
-
-        model = request.model
+    def _enforce(self, plan: _Plan) -> Decision:
+        """Reserve against every cap; a tripped downgrade cap switches the model and tries again
+        without it, a tripped block cap blocks."""
+        pricing = plan.pricing(self)
         tripped: set[str] = set()
         outcome = _Outcome("allow", "within budget")
-        for _ in range(len(caps) + 1):
-            estimate = self._estimate(request, [price, *extra], output_bound)
-            over = [c for c in caps if c.cap.window == "call" and c.cap.action != "shadow"
-                    and c.counter not in tripped and estimate > c.cap.limit_nano]
+        for _ in range(len(plan.caps) + 1):
+            over = [c for c in plan.caps if c.cap.window == "call" and c.cap.action != "shadow"
+                    and c.counter not in tripped and pricing.estimate > c.cap.limit_nano]
             if not over:
-                specs = [self._spec(c, c.cap.action != "shadow" and c.counter not in tripped) for c in ledger_caps]
-                held = reserve(specs, model, estimate, price, unknown)
+                specs = [self._spec(c, c.cap.action != "shadow" and c.counter not in tripped) for c in plan.ledger_caps]
+                held = self._reserve(plan, specs, pricing)
                 if isinstance(held, Decision):
                     return held
                 if held.admitted:
-                    if outcome.action == "allow":
-                        noted = self._over_after(caps, held.states, estimate, lambda c: c.cap.action == "shadow")
-                        if noted:
-                            outcome = _Outcome("shadow", f"{noted[0].reason} (shadow cap)", noted[0].rule_id,
-                                               noted[0].cap)
-                    return decided(outcome, model, estimate, price, unknown, held,
-                                   would="block" if outcome.action == "shadow" else None)
-                by_counter = {c.counter: c for c in ledger_caps}
+                    return self._admitted(plan, outcome, pricing, held)
+                by_counter = {c.counter: c for c in plan.ledger_caps}
                 over = [by_counter[spec.key] for spec in held.exceeded]
             blocking = [c for c in over if c.cap.action == "block"]
             if blocking:
                 first = blocking[0]
-                return decided(_Outcome("block", self._cap_reason(first), first.rule.id, first),
-                               model, estimate, price, unknown)
+                return self._decision(plan, _Outcome("block", self._cap_reason(first), first.rule.id, first), pricing)
             # Only downgrade caps are exceeded: switch model, stop enforcing those caps, try again.
             first = over[0]
             tripped.update(c.counter for c in over)
-            target = first.cap.downgrade_to or model
-            if target != model:
-                model = target
-                price, unknown = self._price(request, model)
-                extra = []  # the adapter pins the fallback list to the downgrade target
-            outcome = _Outcome("downgrade", f"{self._cap_reason(first)}: downgraded to {model}", first.rule.id, first)
+            target = first.cap.downgrade_to or pricing.model
+            if target != pricing.model:
+                pricing = plan.pricing(self, target)  # the adapter pins the fallback list to the target
+            outcome = _Outcome("downgrade", f"{self._cap_reason(first)}: downgraded to {pricing.model}",
+                               first.rule.id, first)
         raise AssertionError("every pass trips at least one cap, so the loop ends within len(caps) passes")
 
-    def _over_after(self, caps: list[CapRef], states: tuple[CounterState, ...], estimate: int,
+    def _admitted(self, plan: _Plan, outcome: _Outcome, pricing: _Pricing, held: Reservation) -> Decision:
+        if outcome.action == "allow":
+            noted = self._over_after(plan.caps, held.states, pricing.estimate, lambda c: c.cap.action == "shadow")
+            if noted:
+                outcome = _Outcome("shadow", f"{noted[0].reason} (shadow cap)", noted[0].rule_id, noted[0].cap)
+        return self._decision(plan, outcome, pricing, held, would="block" if outcome.action == "shadow" else None)
+
+    def _reserve(self, plan: _Plan, specs: list[CounterSpec], pricing: _Pricing) -> Reservation | Decision:
+        """The ledger's hold, or the decision ``failure_mode`` makes when the ledger is unreachable."""
+        try:
+            return self.ledger.reserve(specs, pricing.estimate, self._ttl(plan.request))
+        except LedgerUnavailable as exc:
+            if self.policy.failure_mode == "closed":
+                return self._decision(plan, _Outcome("block", f"ledger unavailable (failure_mode closed): {exc}"),
+                                      pricing, degraded=True)
+            logger.warning("agentguard: ledger unavailable, allowing the call (failure_mode open): %s", exc)
+            return self._decision(plan, _Outcome("allow", f"ledger unavailable (failure_mode open): {exc}"),
+                                  pricing, degraded=True)
+
+    def _decision(self, plan: _Plan, outcome: _Outcome, pricing: _Pricing, reservation: Reservation | None = None,
+                  would: Action | None = None, degraded: bool = False) -> Decision:
+        request = plan.request
+        admitted = outcome.action != "block"
+        changes = RequestChanges(model=pricing.model if pricing.model != request.model else None,
+                                 max_output_tokens=plan.clamp,
+                                 ask_stream_usage=self.enforcing) if admitted else RequestChanges()
+        return Decision(call_id=plan.call_id, action=outcome.action, reason=outcome.reason, rule_id=outcome.rule_id,
+                        cap=outcome.cap, model_requested=request.model, model_effective=pricing.model,
+                        estimated_nano=pricing.estimate, price=pricing.price, max_output_tokens=plan.output_bound,
+                        changes=changes, would=would, unknown_model=pricing.unknown, degraded=degraded,
+                        hold_id=reservation.hold_id if reservation and admitted else None, caps=plan.caps)
+
+    def _over_after(self, caps: tuple[CapRef, ...], states: tuple[CounterState, ...], estimate: int,
                     considered: Callable[[CapRef], bool]) -> list[_Outcome]:
         """Caps that an admitted call pushes past their limit (noted, not enforced), as outcomes
         carrying the cap's own action."""
@@ -377,11 +428,8 @@ class Guard:
         return receipt
 
 
-_OUTCOME_SOURCE = {"ok": "local", "error": "local", "abandoned": "estimated"}
-
-
 class GuardedCall:
-    """A decided call in flight: settles exactly once, however it ends."""
+    """A decided call in flight: settles exactly once, however it ends, and never raises doing so."""
 
     def __init__(self, guard: Guard, request: LLMRequest, scope: Scope, decision: Decision,
                  receipt: Mapping[str, Any] | None, span: CallSpan) -> None:
@@ -410,24 +458,51 @@ class GuardedCall:
         self._last_renew = now
         try:
             self.guard.ledger.renew(hold, ttl)
-        except LedgerUnavailable as exc:
-            logger.warning("agentguard: could not renew hold %s: %s", hold, exc)
+        except Exception as exc:
+            logger.warning("agentguard: could not renew hold %s: %s", hold, type(exc).__name__)
 
     def finish(self, info: ResponseInfo, *, complete: bool = True) -> None:
         """Settle to the real cost (or to an estimate when a stream ended early)."""
-        self._settle(info, "ok" if complete else "abandoned", None)
+        self._settle(info, "ok" if complete else "abandoned", None, None, True)
 
-    def fail(self, exc: BaseException, info: ResponseInfo | None = None) -> None:
-        """The provider call failed: drop the hold (or settle what the provider billed, if it said)."""
-        self._settle(info or ResponseInfo(), "error", exc)
+    def fail(self, exc: BaseException, status: int | None = None, sent: bool = True) -> None:
+        """The provider call raised. An error status the provider answered with, or a request that
+        never left (the connection failed), releases the hold; anything else — a timeout, a cut
+        body, a cancellation, a reply the SDK could not read — may have been done and billed, so it
+        settles the reservation, marked degraded."""
+        self._settle(ResponseInfo(), "error", exc, status if sent else None, sent)
 
-    def _settle(self, info: ResponseInfo, outcome: str, exc: BaseException | None) -> None:
+    def unsent(self, exc: BaseException) -> None:
+        """The guard could not apply its own changes: the hold is released, and the request is
+        blocked in enforce mode or sent unchanged in shadow mode."""
+        logger.error("agentguard: could not apply the decision to call %s (%s)", self.decision.call_id,
+                     type(exc).__name__)
+        self._settle(ResponseInfo(), "unsent", exc, None, False)
+        if self.guard.enforcing:
+            raise AgentGuardBlocked(action="block", reason=f"agentguard could not apply its decision "
+                                    f"({type(exc).__name__}); blocked in enforce mode", cap=None,
+                                    scope=self.scope.as_dict(), receipt_hash=self.decision_hash)
+
+    def _settle(self, info: ResponseInfo, outcome: str, exc: BaseException | None, status: int | None,
+                sent: bool) -> None:
         with self._lock:
             if self._done:
                 return
             self._done = True
+        try:
+            self._record(info, outcome, exc, status, sent)
+        except Exception:  # the last line of defence: the caller has its response, the call must not fail
+            logger.exception("agentguard: settling call %s failed", self.decision.call_id)
+            self._release_quietly()
+        finally:
+            self.guard._landed()
+
+    def _record(self, info: ResponseInfo, outcome: str, exc: BaseException | None, status: int | None,
+                sent: bool) -> None:
         guard = self.guard
-        actual, source = self._actual_cost(info, outcome)
+        actual, source, problem = self._actual_cost(info, outcome, exc, status, sent)
+        if problem is not None:
+            logger.warning("agentguard: call %s settled at its reservation: %s", self.decision.call_id, problem)
         states: tuple[CounterState, ...] = ()
         ledger_error = None
         hold = self.decision.hold_id
@@ -439,7 +514,6 @@ class GuardedCall:
         except LedgerUnavailable as err:
             ledger_error = str(err)
             logger.error("agentguard: could not settle call %s: %s", self.decision.call_id, err)
-        usage = info.usage
         body: dict[str, Any] = {
             "call_id": self.decision.call_id,
             "decision": self.decision_hash,
@@ -456,21 +530,60 @@ class GuardedCall:
             # 0 in strict estimation (the bound is proven); in expected estimation, reported here.
             "overshoot_nano": max(0, actual - self.decision.estimated_nano),
             "cost_source": source,
-            "usage": _usage_dict(usage),
+            "usage": _usage_dict(info.usage) if problem is None else None,
             "error_type": type(exc).__name__ if exc is not None else None,
-            "degraded": self.decision.degraded or ledger_error is not None,
+            "http_status": status,
+            "problem": problem,
+            "degraded": self.decision.degraded or ledger_error is not None or problem is not None,
         }
         receipt: dict[str, Any] | None
         try:
             receipt = guard._sign("settlement", body, self.span)
-        except (OSError, ValueError) as err:  # disk trouble, or a stream settling after uninstrument()
+        except (OSError, ValueError, TypeError) as err:
             logger.error("agentguard: could not write settlement receipt for %s: %s", self.decision.call_id, err)
             receipt = None
-        guard.telemetry.on_settlement(self.span, self.request, self.scope, self.decision, info, actual, source,
-                                      receipt, budget_readings(self.decision.caps, states),
-                                      time.monotonic() - self.started, exc)
+        guard.telemetry.on_settlement(self.span, Settled(
+            request=self.request, scope=self.scope, decision=self.decision, info=info if problem is None else
+            replace(info, usage=None), actual_nano=actual, cost_source=source, receipt=receipt,
+            budget=budget_readings(self.decision.caps, states), duration_s=time.monotonic() - self.started,
+            error_type=type(exc).__qualname__ if exc is not None else None, http_status=status))
 
-    def _actual_cost(self, info: ResponseInfo, outcome: str) -> tuple[int, str]:
+    def _release_quietly(self) -> None:
+        hold = self.decision.hold_id
+        if hold is not None:
+            try:
+                self.guard.ledger.release(hold)
+            except Exception as exc:
+                logger.error("agentguard: could not release hold %s (%s); it expires on its own", hold,
+                             type(exc).__name__)
+
+    def _actual_cost(self, info: ResponseInfo, outcome: str, exc: BaseException | None, status: int | None,
+                     sent: bool) -> tuple[int, str, str | None]:
+        """(actual nano-USD, cost source, why the reservation stands in for it). Never $0 for a call
+        the provider may have done: without a trustworthy cost, the reservation is settled."""
+        reservation = self.decision.estimated_nano
+        if outcome == "unsent":
+            return 0, "none", None
+        if outcome == "error":
+            if not sent or (status is not None and status >= 400):
+                return 0, "none", None
+            return reservation, "estimated", f"{type(exc).__name__} after the request was sent"
+        if info.problem is not None:
+            return reservation, "estimated", info.problem
+        if info.deferred:
+            return reservation, "estimated", None
+        try:
+            actual, source = self._reported_cost(info, outcome)
+        except Exception as err:
+            return reservation, "estimated", f"pricing the usage failed: {type(err).__name__}"
+        if actual is None:
+            # A stream's bytes bound its output; a whole body without usage is settled at the bound.
+            return (self._seen_bound(info) if self.request.stream else reservation), "estimated", "no usage reported"
+        if not 0 <= actual <= MAX_AMOUNT_NANO:
+            return reservation, "estimated", "reported cost out of range"
+        return actual, source, None
+
+    def _reported_cost(self, info: ResponseInfo, outcome: str) -> tuple[int | None, str]:
         guard = self.guard
         if info.provider_cost_nano is not None:
             return info.provider_cost_nano, "provider"
@@ -478,14 +591,18 @@ class GuardedCall:
         if info.response_model and info.response_model != self.decision.model_effective:
             price = guard.prices.lookup(self.request.price_provider, info.response_model) or price
         if info.usage is not None:
-            return guard.prices.actual_cost_nano(price, info.usage), _OUTCOME_SOURCE[outcome]
+            return guard.prices.actual_cost_nano(price, info.usage), "estimated" if outcome == "abandoned" else "local"
         if outcome == "abandoned":
-            # No usage arrived: bill the input bound and every output byte seen (a token is >= 1 byte).
-            input_tokens = input_token_bound(self.request.input_bytes, self.request.input_items,
-                                             self.request.input_images, "strict")
-            usage = TokenUsage(input_tokens=input_tokens, output_tokens=info.output_bytes)
-            return guard.prices.actual_cost_nano(price, usage), "estimated"
-        return 0, "none"
+            return self._seen_bound(info), "estimated"
+        return None, "none"
+
+    def _seen_bound(self, info: ResponseInfo) -> int:
+        """What a stream without usage can have cost: the input bound and every output byte seen (a
+        token is >= 1 byte), never more than the reservation (also a proven bound)."""
+        input_tokens = input_token_bound(self.request.input_bytes, self.request.input_items,
+                                         self.request.input_images, "strict")
+        usage = TokenUsage(input_tokens=input_tokens, output_tokens=info.output_bytes)
+        return min(self.guard.prices.actual_cost_nano(self.decision.price, usage), self.decision.estimated_nano)
 
 
 def _usage_dict(usage: TokenUsage | None) -> dict[str, int] | None:

@@ -95,8 +95,7 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _close(self) -> None:
         guard, self._guard = self._guard, None
         if guard is not None:
-            guard.receipts.close()
-            guard.ledger.close()
+            guard.close()  # calls still in flight settle first, then the writer and ledger close
 
 
 def _supported(module: str, trigger: str) -> bool:

@@ -8,17 +8,19 @@ line, so a backend such as Loki holds a verifiable copy of the audit trail.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
 from opentelemetry.metrics import get_meter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from agentguard_otel.call import Decision, LLMRequest, ResponseInfo
 from agentguard_otel.money import nano_to_usd
 from agentguard_otel.receipts.format import receipt_line
 from agentguard_otel.scope import BAGGAGE_PREFIX, Scope
@@ -29,8 +31,8 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
-    from agentguard_otel.guard import Decision
-    from agentguard_otel.providers.base import LLMRequest, ResponseInfo
+logger = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 SEMCONV_VERSION = "1.41.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
@@ -59,8 +61,39 @@ class BudgetReading:
         return self.used_nano / self.limit_nano if self.limit_nano > 0 else 1.0
 
 
+def contained(method: _F) -> _F:
+    """Errors of the OTel API or SDK are logged, never raised into a guarded call (as the OTel
+    instrumentations contain theirs): telemetry must not decide whether a call happens."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception:
+            logger.exception("agentguard: telemetry failed in %s", method.__name__)
+            return None
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One call as it ended: what telemetry reports at settlement."""
+
+    request: LLMRequest
+    scope: Scope
+    decision: Decision
+    info: ResponseInfo
+    actual_nano: int
+    cost_source: str
+    receipt: Mapping[str, Any] | None
+    budget: Sequence[BudgetReading]
+    duration_s: float
+    error_type: str | None  # the exception's type only: provider error text never leaves the process
+    http_status: int | None
+
+
 class CallSpan:
-    """The CLIENT span of one guarded call; ended exactly once."""
+    """The CLIENT span of one guarded call; ended exactly once. It is never made current: the
+    SDK's own spans and other instrumentations' keep the parent they would have without the guard."""
 
     __slots__ = ("_ended", "span")
 
@@ -68,19 +101,15 @@ class CallSpan:
         self.span = span
         self._ended = False
 
-    def activate(self) -> AbstractContextManager[Span]:
-        """Make the span current while the SDK sends the request (so HTTP spans nest under it)."""
-        return trace.use_span(self.span, end_on_exit=False, record_exception=False,
-                              set_status_on_exception=False)
-
-    def fail(self, exc: BaseException) -> None:
-        from agentguard_otel.errors import AgentGuardBlocked
-
-        error_type = BLOCKED_ERROR_TYPE if isinstance(exc, AgentGuardBlocked) else type(exc).__qualname__
+    @contained
+    def fail(self, error_type: str, description: str) -> None:
+        """Mark the span failed; ``description`` is ours (a block reason, or an error's type and
+        status), never an exception's message, which may quote the prompt."""
         self.span.set_attribute("error.type", error_type)
-        self.span.set_status(Status(StatusCode.ERROR, str(exc)))
+        self.span.set_status(Status(StatusCode.ERROR, description))
         self.end()
 
+    @contained
     def end(self) -> None:
         if not self._ended:
             self._ended = True
@@ -104,7 +133,9 @@ class Telemetry:
 
     def __init__(self, tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None,
                  logger_provider: LoggerProvider | None = None) -> None:
-        self.tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=SCHEMA_URL)
+        self._tracer_provider = tracer_provider
+        self._tracer_source: object = None
+        self._tracer = trace.get_tracer(__name__, __version__, tracer_provider, schema_url=SCHEMA_URL)
         meter = get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
         self.logger = get_logger(__name__, __version__, logger_provider, schema_url=SCHEMA_URL)
         self.token_usage = meter.create_histogram(
@@ -121,9 +152,28 @@ class Telemetry:
             "agentguard.budget.utilization", unit="1",
             description="Share of a cap's limit spent or held in its current window (0..1, may exceed 1).")
 
+    @property
+    def tracer(self) -> trace.Tracer:
+        """The tracer of the given provider, or of the global one as it is now (a global provider
+        set or replaced after instrument() is followed, as the OTel API's own tracers do)."""
+        if self._tracer_provider is not None:
+            return self._tracer
+        current = trace.get_tracer_provider()
+        if current is not self._tracer_source:
+            self._tracer_source = current
+            self._tracer = current.get_tracer(__name__, __version__, schema_url=SCHEMA_URL)
+        return self._tracer
+
     # -- spans ------------------------------------------------------------------------------
 
     def start_call(self, request: LLMRequest, scope: Scope) -> CallSpan:
+        try:
+            return self._start_call(request, scope)
+        except Exception:
+            logger.exception("agentguard: telemetry failed starting a span")
+            return CallSpan(trace.INVALID_SPAN)
+
+    def _start_call(self, request: LLMRequest, scope: Scope) -> CallSpan:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": request.operation,
             "gen_ai.provider.name": request.provider,
@@ -143,6 +193,7 @@ class Telemetry:
                                       attributes=attributes)
         return CallSpan(span)
 
+    @contained
     def on_decision(self, call: CallSpan, request: LLMRequest, scope: Scope, decision: Decision,
                     receipt: Mapping[str, Any] | None) -> None:
         span = call.span
@@ -175,15 +226,17 @@ class Telemetry:
             labels["agentguard.rule.id"] = decision.rule_id
         self.decisions.add(1, labels)
 
-    def on_settlement(self, call: CallSpan, request: LLMRequest, scope: Scope, decision: Decision,
-                      info: ResponseInfo, actual_nano: int, cost_source: str, receipt: Mapping[str, Any] | None,
-                      budget: Sequence[BudgetReading], duration_s: float, error: BaseException | None) -> None:
+    @contained
+    def on_settlement(self, call: CallSpan, settled: Settled) -> None:
+        request, decision, info = settled.request, settled.decision, settled.info
         span = call.span
         attributes: dict[str, Any] = {
-            "agentguard.cost.actual_usd": nano_to_usd(actual_nano),
-            "agentguard.cost.source": cost_source,
-            **_receipt_attrs("agentguard.settlement.receipt", receipt),
+            "agentguard.cost.actual_usd": nano_to_usd(settled.actual_nano),
+            "agentguard.cost.source": settled.cost_source,
+            **_receipt_attrs("agentguard.settlement.receipt", settled.receipt),
         }
+        if settled.http_status is not None:
+            attributes["http.response.status_code"] = settled.http_status
         if info.response_model:
             attributes["gen_ai.response.model"] = info.response_model
         if info.response_id:
@@ -217,19 +270,22 @@ class Telemetry:
             if request.produces_output:
                 self.token_usage.record(usage.output_tokens, {**metric_attrs, "gen_ai.token.type": "output"})
         duration_attrs = dict(metric_attrs)
-        if error is not None:
-            duration_attrs["error.type"] = type(error).__qualname__
-        self.duration.record(duration_s, duration_attrs)
-        cost_attrs = {**self._scope_labels(scope), **metric_attrs, "agentguard.cost.source": cost_source}
-        self.cost.add(nano_to_usd(actual_nano), cost_attrs)
-        self._record_budget(budget)
-        if error is not None:
-            call.fail(error)
+        if settled.error_type is not None:
+            duration_attrs["error.type"] = settled.error_type
+        self.duration.record(settled.duration_s, duration_attrs)
+        cost_attrs = {**self._scope_labels(settled.scope), **metric_attrs,
+                      "agentguard.cost.source": settled.cost_source}
+        self.cost.add(nano_to_usd(settled.actual_nano), cost_attrs)
+        self._record_budget(settled.budget)
+        if settled.error_type is not None:
+            status = f" (HTTP {settled.http_status})" if settled.http_status is not None else ""
+            call.fail(settled.error_type, f"{settled.error_type}{status}")
         else:
             call.end()
 
     # -- logs -------------------------------------------------------------------------------
 
+    @contained
     def emit_receipt(self, receipt: Mapping[str, Any], call: CallSpan | None = None) -> None:
         """One log record per receipt; the body is the receipt line itself, byte for byte."""
         context = trace.set_span_in_context(call.span) if call is not None else None

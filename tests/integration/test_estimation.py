@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentguard_otel import AgentGuardInstrumentor
+from agentguard_otel.call import LLMRequest, ResponseInfo
 from agentguard_otel.money import ceil_div
 from agentguard_otel.pricing import FIXED_OVERHEAD, PER_ITEM_OVERHEAD, TokenUsage
-from agentguard_otel.providers.base import LLMRequest, ResponseInfo
 from agentguard_otel.receipts import SigningKey, load_public_keys, verify
 
 MAX_OUTPUT = 512

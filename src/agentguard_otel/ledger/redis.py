@@ -53,6 +53,7 @@ from redis.retry import Retry
 from agentguard_otel.errors import ConfigError, LedgerUnavailable
 from agentguard_otel.ledger.base import (
     HOLD_RETENTION_SECONDS,
+    MAX_AMOUNT_NANO,
     ROLLING_SECONDS,
     Clock,
     CounterSpec,
@@ -75,7 +76,6 @@ CLOCK_MARGIN_SECONDS = 2.0
 
 #: Largest amount one reservation or settlement may carry: Redis counters are signed 64-bit and a
 #: script that fails half-way is not rolled back, so amounts are bounded far below overflow.
-MAX_AMOUNT_NANO = 2**53
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
 DEFAULT_PREFIX = "agentguard:"

@@ -10,9 +10,10 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from agentguard_otel.call import ResponseInfo
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import Integration
-from agentguard_otel.providers.base import ResponseInfo, UsageFields, get_path
+from agentguard_otel.providers.base import UsageFields, get_path
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
@@ -111,6 +112,8 @@ class MessagesReader:
         count arrives, every output byte seen bounds the output tokens (a token is >= 1 byte), so
         a stream cut short settles what it delivered."""
         self._usage.update((name, value) for name, value in usage.items() if value is not None)
+        if not self._usage:
+            return  # nothing reported (yet): not a malformed report
         tokens = read_usage(self._usage)
         if tokens is not None and not self._final_output:
             tokens = dataclasses.replace(tokens, output_tokens=max(tokens.output_tokens, self.info.output_bytes))
@@ -124,6 +127,7 @@ class AnthropicAdapter(StainlessAdapter):
     def __init__(self) -> None:
         utils = importlib.import_module("anthropic._utils")
         self._prepare = getattr(utils, "prepare_request_data", None)  # absent where resources transform
+        self._prepare_async = getattr(utils, "async_prepare_request_data", None)
 
     def provider(self, client: Any) -> tuple[str, str]:
         return "anthropic", "anthropic"
@@ -141,6 +145,11 @@ class AnthropicAdapter(StainlessAdapter):
         # Recent SDKs pass the caller's arguments to ``request`` as given (omitted markers,
         # iterators, content blocks from an earlier reply) and make them JSON-ready inside it.
         return self._prepare(data, location="body") if self._prepare is not None else data
+
+    async def prepare_body_async(self, data: Any) -> Any:
+        if self._prepare_async is None:
+            return data
+        return await self._prepare_async(data, location="body")
 
 
 INTEGRATION = Integration("anthropic >= 0.40", lambda guard: StainlessHook(AnthropicAdapter(), guard))

@@ -1,61 +1,19 @@
-"""Provider-neutral description of an LLM call and of what came back.
+"""Pure helpers every adapter shares: reading nested fields, usage objects and input sizes.
 
-Adapters translate SDK requests into :class:`LLMRequest` and responses (objects, JSON bodies or
-stream events) into :class:`ResponseInfo`; the guard sees nothing else. Endpoints are data
-(:class:`Endpoint`), so adding one is a table entry, not new control flow.
+Adapters translate SDK requests into :class:`~agentguard_otel.call.LLMRequest` and responses
+(objects, JSON bodies or stream events) into :class:`~agentguard_otel.call.ResponseInfo`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from agentguard_otel.call import MalformedResponse
 from agentguard_otel.pricing import TokenUsage
 
 Path = tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class LLMRequest:
-    """What the guard needs to price and decide a call, with no SDK types in it."""
-
-    provider: str  # semconv gen_ai.provider.name, e.g. "openai", "openrouter"
-    price_provider: str  # provider id in the price book
-    operation: str  # semconv gen_ai.operation.name: "chat", "embeddings", "text_completion"
-    model: str
-    stream: bool
-    input_bytes: int  # UTF-8 bytes of every key and string of the input-bearing fields
-    input_items: int  # messages / input items: each adds a per-item token overhead
-    input_images: int
-    max_output_tokens: int | None  # as requested by the caller (None: not set)
-    output_multiplier: int = 1  # choices requested (``n``): each may use max_output_tokens
-    produces_output: bool = True  # embeddings produce no output tokens
-    server_address: str | None = None
-    server_port: int | None = None
-    timeout_seconds: float | None = None  # the SDK's own timeout for this call, for hold expiry
-    fallback_models: tuple[str, ...] = ()  # other models that may answer (OpenRouter ``models``)
-    credit_remaining_nano: int | None = None  # the key's remaining credit, when asked for and reported
-
-
-@dataclass(frozen=True)
-class RequestChanges:
-    """What the guard wants changed before the request leaves (applied by the adapter)."""
-
-    model: str | None = None
-    max_output_tokens: int | None = None
-
-
-@dataclass
-class ResponseInfo:
-    """What came back, as far as it is known (a stream fills it in as events pass)."""
-
-    usage: TokenUsage | None = None
-    provider_cost_nano: int | None = None
-    response_model: str | None = None
-    response_id: str | None = None
-    finish_reasons: list[str] = field(default_factory=list)
-    output_bytes: int = 0  # text seen so far: bounds the output of a stream cut short
 
 
 def get_path(obj: Any, path: Path) -> Any:
@@ -67,8 +25,29 @@ def get_path(obj: Any, path: Path) -> Any:
     return obj
 
 
-def _as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def caused_by(exc: BaseException, names: frozenset[str]) -> bool:
+    """Whether ``exc`` or an exception it was raised from has one of these class names (SDKs wrap
+    their transport's errors; matching names keeps adapters free of transport imports)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if type(current).__name__ in names:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+MAX_TOKENS = 2**40  # more tokens than any call can use: a count above it is not a real count
+
+
+def token_count(value: Any, what: str) -> int:
+    """A reported token count: absent is 0; anything but a non-negative whole number is malformed."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        raise MalformedResponse(f"usage field {what} is not a token count")
+    return value
 
 
 @dataclass(frozen=True)
@@ -84,21 +63,30 @@ class UsageFields:
     input_excludes_cache: bool = False  # Anthropic counts cache tokens outside input_tokens
 
     def read(self, usage: Any) -> TokenUsage | None:
+        """The usage, or None when there is none; :class:`MalformedResponse` when it has no input
+        count, a count that is not one, or parts larger than their whole."""
         if usage is None:
             return None
-        cache_read = _as_int(get_path(usage, self.cache_read)) if self.cache_read else 0
-        cache_write = _as_int(get_path(usage, self.cache_write)) if self.cache_write else 0
-        cache_write_1h = _as_int(get_path(usage, self.cache_write_1h)) if self.cache_write_1h else 0
-        input_tokens = _as_int(get_path(usage, self.input))
+        if get_path(usage, self.input) is None:
+            raise MalformedResponse("usage without an input token count")
+
+        def count(path: Path | None) -> int:
+            return token_count(get_path(usage, path), ".".join(path)) if path else 0
+
+        cache_read, cache_write, cache_write_1h = count(self.cache_read), count(self.cache_write), \
+            count(self.cache_write_1h)
+        input_tokens, output_tokens, reasoning = count(self.input), count(self.output), count(self.reasoning)
         if self.input_excludes_cache:
             input_tokens += cache_read + cache_write + cache_write_1h
+        if cache_read + cache_write + cache_write_1h > input_tokens or reasoning > output_tokens:
+            raise MalformedResponse("usage parts exceed their totals")
         return TokenUsage(
             input_tokens=input_tokens,
-            output_tokens=_as_int(get_path(usage, self.output)),
+            output_tokens=output_tokens,
             cache_read_tokens=cache_read,
             cache_write_tokens=cache_write,
             cache_write_1h_tokens=cache_write_1h,
-            reasoning_tokens=_as_int(get_path(usage, self.reasoning)) if self.reasoning else 0,
+            reasoning_tokens=reasoning,
         )
 
 

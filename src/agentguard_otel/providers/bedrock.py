@@ -14,7 +14,6 @@ may cost less than a regional one), so the id is never stripped for pricing.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import weakref
@@ -26,20 +25,12 @@ from urllib.parse import urlsplit
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from agentguard_otel.guard import GuardedCall
+from agentguard_otel.call import LLMRequest, MalformedResponse, RequestChanges, ResponseInfo
+from agentguard_otel.lifecycle import Settler, run
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Integration
-from agentguard_otel.providers.base import (
-    InputMeasure,
-    LLMRequest,
-    Path,
-    RequestChanges,
-    ResponseInfo,
-    UsageFields,
-    get_path,
-    measure_input,
-)
-from agentguard_otel.providers.stream import BodyObserver, loads
+from agentguard_otel.providers.base import InputMeasure, Path, UsageFields, caused_by, get_path, measure_input
+from agentguard_otel.providers.stream import BodyObserver, loads, read_whole
 
 SERVICE = "bedrock-runtime"
 PROVIDER = "aws.bedrock"  # semconv gen_ai.provider.name
@@ -238,8 +229,7 @@ class BedrockReader:
         if self.operation.converse:
             self._converse_event(data)
         elif isinstance(chunk := get_path(data, ("chunk", "bytes")), (bytes, str)):
-            with contextlib.suppress(ValueError):
-                self._invoke_chunk(loads(chunk))
+            self._invoke_chunk(loads(chunk))
         return False
 
     def _converse_event(self, data: Any) -> None:
@@ -280,7 +270,7 @@ class ObservedEventStream(wrapt.ObjectProxy[Any]):
         observer = self._self_observer
         try:
             for event in self.__wrapped__:
-                observer.reader.on_event(None, event)
+                observer.event(event)
                 self._self_progress()
                 yield event
         except GeneratorExit:
@@ -288,6 +278,7 @@ class ObservedEventStream(wrapt.ObjectProxy[Any]):
         except BaseException:
             observer.end()
             raise
+        observer.reader.complete = True  # the stream reached its end, with or without its usage
         observer.end()
 
     def close(self) -> None:
@@ -383,49 +374,69 @@ class BedrockHook:
 
     def _call(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Any:
-        guard = self._guard()
-        if guard is None:
-            return wrapped(*args, **kwargs)
-        operation_name, params = _arguments(*args, **kwargs)
-        prepared = prepare(instance, operation_name, params)
-        if prepared is None:
-            return wrapped(*args, **kwargs)
-        call = guard.begin(prepared.request)
-        try:
-            rewritten = prepared.rewrite(call.changes)
-            with call.span.activate():
-                result = wrapped(operation_name, rewritten)
-            return self._observe(result, prepared, call)
-        except BaseException as exc:
-            call.fail(exc)  # a no-op when the call already settled
-            raise
+        def classify() -> BedrockExchange | None:
+            operation_name, params = _arguments(*args, **kwargs)
+            prepared = prepare(instance, operation_name, params)
+            return BedrockExchange(operation_name, prepared) if prepared is not None else None
 
-    @staticmethod
-    def _observe(result: Any, prepared: Prepared, call: GuardedCall) -> Any:
+        return run(self._guard(), classify, wrapped, args, kwargs)
+
+
+class BedrockExchange:
+    """One Bedrock Runtime operation."""
+
+    def __init__(self, operation_name: str, prepared: Prepared) -> None:
+        self.request = prepared.request
+        self._operation_name = operation_name
+        self._prepared = prepared
+
+    def outgoing(self, changes: RequestChanges) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self._operation_name, self._prepared.rewrite(changes)), {}
+
+    def observe(self, result: Any, settler: Settler) -> Any:
+        prepared = self._prepared
         operation = prepared.operation
         reader = BedrockReader(operation, prepared.family)
         if operation.result_field is None:
-            reader.on_body(result)
-            call.finish(reader.info)
+            read_whole(reader, result)
+            settler.finish(reader.info)
             return result
         body = result.get(operation.result_field)
         if operation.stream:
-            observer = BodyObserver(reader, sse=False, on_progress=call.keepalive,
-                                    on_end=lambda info, complete: call.finish(info, complete=complete))
-            result[operation.result_field] = ObservedEventStream(body, observer, call.keepalive)
+            observer = BodyObserver(reader, sse=False, on_progress=settler.keepalive,
+                                    on_end=lambda info, complete: settler.finish(info, complete=complete))
+            result[operation.result_field] = ObservedEventStream(body, observer, settler.keepalive)
             return result
         data = body.read()
-        with contextlib.suppress(ValueError):
-            reader.on_body(loads(data))
+        result[operation.result_field] = _streaming_body(data)  # the caller reads the same bytes
+        try:
+            parsed = loads(data)
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            read_whole(reader, parsed)
         info = reader.info
         headers = get_path(result, ("ResponseMetadata", "HTTPHeaders")) or {}
-        if info.usage is None and HEADER_USAGE.input[0] in headers:
-            info.usage = HEADER_USAGE.read({k: _int(v) for k, v in headers.items()})
+        if info.usage is None and info.problem is None and HEADER_USAGE.input[0] in headers:
+            try:
+                info.usage = HEADER_USAGE.read({k: _int(v) for k, v in headers.items()})
+            except MalformedResponse as exc:
+                info.problem = str(exc)
         if info.usage is None:
             info.output_bytes = len(data)  # no usage reported: the output is within these bytes
-        call.finish(info, complete=info.usage is not None)
-        result[operation.result_field] = _streaming_body(data)
+        settler.finish(info)
         return result
+
+    def error_status(self, exc: BaseException) -> int | None:
+        status = get_path(getattr(exc, "response", None), ("ResponseMetadata", "HTTPStatusCode"))
+        return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+    def never_sent(self, exc: BaseException) -> bool:
+        return caused_by(exc, _CONNECT_ERRORS)
+
+
+# botocore errors raised before a request leaves: the connection was never made.
+_CONNECT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ProxyConnectionError"})
 
 
 def _arguments(operation_name: str, api_params: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:

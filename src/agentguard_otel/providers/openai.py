@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
+from agentguard_otel.call import MalformedResponse, ResponseInfo
 from agentguard_otel.money import usd_to_nano
 from agentguard_otel.providers import Integration
-from agentguard_otel.providers.base import ResponseInfo, UsageFields, get_path
+from agentguard_otel.providers.base import UsageFields, get_path
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
@@ -62,14 +64,26 @@ ENDPOINTS: Mapping[str, Endpoint] = {
 }
 
 
+MAX_REPORTED_COST_NANO = 2**53  # $9 million for one call: beyond it, not a real bill (and no ledger holds it)
+
+
 def provider_cost_nano(usage: Any) -> int | None:
-    """OpenRouter reports what it billed as ``usage.cost`` (USD); that figure is the actual cost."""
+    """OpenRouter reports what it billed as ``usage.cost`` (USD); that figure is the actual cost.
+    A cost that is not a non-negative amount a ledger can hold is malformed."""
     cost = get_path(usage, ("cost",))
-    if cost is None or isinstance(cost, bool):
+    if cost is None:
         return None
+    if isinstance(cost, bool) or not isinstance(cost, (int, float, Decimal)):
+        raise MalformedResponse("usage.cost is not a number")
     # Our own parser yields Decimal; the SDK's float is converted through its shortest repr,
     # which is the decimal text the provider sent.
-    return usd_to_nano(repr(cost) if isinstance(cost, float) else cost)
+    try:
+        nano = usd_to_nano(repr(cost) if isinstance(cost, float) else cost)
+    except ValueError as exc:
+        raise MalformedResponse("usage.cost is not a finite amount") from exc
+    if not 0 <= nano <= MAX_REPORTED_COST_NANO:
+        raise MalformedResponse("usage.cost is out of range")
+    return nano
 
 
 def _text_bytes(value: Any) -> int:
@@ -121,9 +135,10 @@ class ChoicesReader(_Reader):
             reason = choice.get("finish_reason")
             if reason:
                 info.finish_reasons.append(reason)
-        if info.response_model is None or data.get("usage"):
+        reports_usage = data.get("usage") is not None
+        if info.response_model is None or reports_usage:
             self._read(data)
-        if data.get("usage"):
+        if reports_usage:
             self.complete = True
             return self.hide_usage_chunk and not choices
         return False

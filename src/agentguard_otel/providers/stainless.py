@@ -9,7 +9,6 @@ says, as data, which paths are LLM calls and where their fields are.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import importlib
@@ -24,10 +23,18 @@ from typing import Any
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from agentguard_otel.guard import GuardedCall
+from agentguard_otel.call import LLMRequest, RequestChanges
+from agentguard_otel.lifecycle import Settler, run, run_async
 from agentguard_otel.providers import GuardRef
-from agentguard_otel.providers.base import InputMeasure, LLMRequest, RequestChanges, get_path, measure_input
-from agentguard_otel.providers.stream import BodyObserver, BodyReader, loads, observe_async, observe_sync
+from agentguard_otel.providers.base import InputMeasure, caused_by, get_path, measure_input
+from agentguard_otel.providers.stream import (
+    BodyObserver,
+    BodyReader,
+    loads,
+    observe_async,
+    observe_sync,
+    read_whole,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,10 @@ class StainlessAdapter(ABC):
         """The request body as the SDK will send it, for SDKs that finish preparing it (dropping
         omitted markers, draining iterators, dumping models) only inside ``request``: measured raw,
         the input would be undercounted, and a one-shot iterator read here would be lost."""
+        return data
+
+    async def prepare_body_async(self, data: Any) -> Any:
+        """:meth:`prepare_body` for async clients: files are read without blocking the event loop."""
         return data
 
     def credit_remaining_nano(self, client: Any) -> int | None:
@@ -167,16 +178,18 @@ class StainlessHook:
 
     # -- request side -----------------------------------------------------------------------
 
-    def _prepare(self, client: Any, options: Any, stream: bool) -> Prepared | None:
+    def _endpoint(self, options: Any) -> tuple[str, Endpoint] | None:
         if str(getattr(options, "method", "")).lower() != "post":
             return None
         path = str(getattr(options, "url", "")).split("?", 1)[0]  # e.g. the beta namespace's "?beta=true"
         endpoint = self.adapter.endpoints.get(path)
-        if endpoint is None:
+        return (path, endpoint) if endpoint is not None else None
+
+    def _prepare(self, client: Any, options: Any, stream: bool) -> Prepared | None:
+        found = self._endpoint(options)
+        if found is None:
             return None
-        for name in ("json_data", "extra_json"):
-            if getattr(options, name, None) is not None:
-                setattr(options, name, self.adapter.prepare_body(getattr(options, name)))
+        path, endpoint = found
         body: dict[str, Any] = {**(options.json_data or {}), **(options.extra_json or {})}
         model = body.get("model")
         if not isinstance(model, str):
@@ -203,7 +216,7 @@ class StainlessHook:
             price_provider=price_provider,
             operation=endpoint.operation,
             model=model,
-            stream=stream,
+            stream=stream or body.get("stream") is True,
             input_bytes=measure.bytes,
             input_items=len(items) if isinstance(items, list) else 1,
             input_images=measure.images,
@@ -237,7 +250,7 @@ class StainlessHook:
             for name in present or [self.adapter.inject_field(endpoint, client)]:
                 updates[name] = limit
         hide_usage = False
-        if prepared.request.stream and endpoint.stream_usage_option:
+        if changes.ask_stream_usage and prepared.request.stream and endpoint.stream_usage_option:
             stream_options = prepared.body.get("stream_options")
             if not (isinstance(stream_options, Mapping) and stream_options.get("include_usage")):
                 updates["stream_options"] = {**(stream_options or {}), "include_usage": True}
@@ -258,31 +271,43 @@ class StainlessHook:
 
     # -- the wrappers -----------------------------------------------------------------------
 
-    def _begin(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-               ) -> tuple[GuardedCall, Prepared, tuple[Any, ...], dict[str, Any], bool] | None:
-        guard = self._guard()
-        if guard is None:
-            return None
-        options = args[1] if len(args) > 1 else kwargs.get("options")
-        stream = bool(kwargs.get("stream", False))
-        prepared = self._prepare(instance, options, stream)
+    def _sync(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+        def classify() -> StainlessExchange | None:
+            options = _options(args, kwargs)
+            if self._endpoint(options) is None:
+                return None
+            for name in ("json_data", "extra_json"):
+                if getattr(options, name, None) is not None:
+                    setattr(options, name, self.adapter.prepare_body(getattr(options, name)))
+            return self._exchange(instance, options, args, kwargs, observe_sync)
+
+        return run(self._guard(), classify, wrapped, args, kwargs)
+
+    async def _async(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+        async def classify() -> StainlessExchange | None:
+            options = _options(args, kwargs)
+            if self._endpoint(options) is None:
+                return None
+            for name in ("json_data", "extra_json"):
+                if getattr(options, name, None) is not None:
+                    setattr(options, name, await self.adapter.prepare_body_async(getattr(options, name)))
+            return self._exchange(instance, options, args, kwargs, observe_async)
+
+        return await run_async(self._guard(), classify, wrapped, args, kwargs)
+
+    def _exchange(self, client: Any, options: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  install: Callable[[Any, BodyObserver], None]) -> StainlessExchange | None:
+        prepared = self._prepare(client, options, bool(kwargs.get("stream", False)))
         if prepared is None:
             return None
-        check = guard.policy.credit_check
-        request = prepared.request
+        guard = self._guard()
+        check = guard.policy.credit_check if guard is not None else None
         if check is not None:
-            request = replace(request, credit_remaining_nano=self._credit_remaining(instance, check.interval_seconds))
-        call = guard.begin(request)
-        try:
-            new_options, hide_usage = self._rewrite(instance, options, prepared, call.changes)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        if len(args) > 1:
-            args = (args[0], new_options, *args[2:])
-        else:
-            kwargs = {**kwargs, "options": new_options}
-        return call, prepared, args, kwargs, hide_usage
+            prepared = replace(prepared, request=replace(prepared.request, credit_remaining_nano=self._credit_remaining(
+                client, check.interval_seconds)))
+        return StainlessExchange(self, client, options, prepared, args, kwargs, install)
 
     def _credit_remaining(self, client: Any, interval: float) -> int | None:
         """The key's remaining credit, asked of the provider at most once per ``interval`` per key."""
@@ -297,68 +322,73 @@ class StainlessHook:
         try:
             credit = self.adapter.credit_remaining_nano(client)
         except Exception as exc:  # the pre-flight must never break a call it cannot check
-            logger.warning("agentguard: could not read the provider key's remaining credit: %s", exc)
+            logger.warning("agentguard: could not read the provider key's remaining credit: %s", type(exc).__name__)
             credit = cached[1] if cached else None
         with self._credit_lock:
             self._credit[cache_key] = (now, credit)
         return credit
 
-    def _sync(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-              kwargs: dict[str, Any]) -> Any:
-        begun = self._begin(instance, args, kwargs)
-        if begun is None:
-            return wrapped(*args, **kwargs)
-        call, prepared, args, kwargs, hide_usage = begun
-        try:
-            with call.span.activate():
-                result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        self._observe(result, prepared, call, hide_usage, observe_sync)
-        return result
 
-    async def _async(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> Any:
-        guard = self._guard()
-        # A remote ledger is a network round trip: decide in a worker thread (the context, and so the
-        # scope, goes with it) so the event loop keeps serving other tasks meanwhile.
-        offload = guard is not None and guard.ledger.remote
-        begun = await asyncio.to_thread(self._begin, instance, args, kwargs) if offload else \
-            self._begin(instance, args, kwargs)
-        if begun is None:
-            return await wrapped(*args, **kwargs)
-        call, prepared, args, kwargs, hide_usage = begun
-        try:
-            with call.span.activate():
-                result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        if offload:
-            await asyncio.to_thread(self._observe, result, prepared, call, hide_usage, observe_async)
-        else:
-            self._observe(result, prepared, call, hide_usage, observe_async)
-        return result
+def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[1] if len(args) > 1 else kwargs.get("options")
 
-    # -- response side ----------------------------------------------------------------------
 
-    def _observe(self, result: Any, prepared: Prepared, call: GuardedCall, hide_usage: bool,
-                 install: Callable[[Any, BodyObserver], None]) -> None:
-        reader = self.adapter.reader(prepared, hide_usage)
-        http = self.adapter.response_body(result)
+class StainlessExchange:
+    """One request through a Stainless client's ``request``."""
+
+    def __init__(self, hook: StainlessHook, client: Any, options: Any, prepared: Prepared,
+                 args: tuple[Any, ...], kwargs: dict[str, Any], install: Callable[[Any, BodyObserver], None]) -> None:
+        self.request = prepared.request
+        self._hook = hook
+        self._client = client
+        self._options = options
+        self._prepared = prepared
+        self._args = args
+        self._kwargs = kwargs
+        self._install = install
+        self._hide_usage = False
+
+    def outgoing(self, changes: RequestChanges) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        options, self._hide_usage = self._hook._rewrite(self._client, self._options, self._prepared, changes)
+        if options is self._options:
+            return self._args, self._kwargs
+        if len(self._args) > 1:
+            return (self._args[0], options, *self._args[2:]), self._kwargs
+        return self._args, {**self._kwargs, "options": options}
+
+    def observe(self, result: Any, settler: Settler) -> Any:
+        adapter = self._hook.adapter
+        reader = adapter.reader(self._prepared, self._hide_usage)
+        http = adapter.response_body(result)
         if http is None:
-            reader.on_body(result)
-            call.finish(reader.info)
-            return
-        observer = BodyObserver(reader, sse=prepared.request.stream, on_progress=call.keepalive,
-                                on_end=lambda info, complete: call.finish(info, complete=complete))
+            read_whole(reader, result)
+            settler.finish(reader.info)
+            return result
+        # A stream is recognised from the response, whatever the request said (``stream`` sent
+        # through ``extra_body``, a server that streams unasked).
+        sse = "text/event-stream" in str(http.headers.get("content-type", ""))
+        observer = BodyObserver(reader, sse=sse, on_progress=settler.keepalive,
+                                on_end=lambda info, complete: settler.finish(info, complete=complete))
         if http.is_stream_consumed:  # with_raw_response without streaming: the body is already here
             observer.feed(http.content)
             observer.flush()
             observer.end()
-            return
-        install(http, observer)
+            return result
+        self._install(http, observer)
+        return result
+
+    def error_status(self, exc: BaseException) -> int | None:
+        status = getattr(exc, "status_code", None)
+        if not isinstance(status, int):
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+        return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+    def never_sent(self, exc: BaseException) -> bool:
+        return caused_by(exc, _CONNECT_ERRORS)
 
 
-__all__ = ["Endpoint", "Prepared", "StainlessAdapter", "StainlessHook", "loads"]
+# httpx errors raised before a request leaves: the connection was never made.
+_CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
+
+
+__all__ = ["Endpoint", "Prepared", "StainlessAdapter", "StainlessExchange", "StainlessHook", "loads"]

@@ -14,7 +14,6 @@ so no consumption style slips past. The observer
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import weakref
@@ -22,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import Any, Protocol
 
-from agentguard_otel.providers.base import ResponseInfo
+from agentguard_otel.call import MalformedResponse, ResponseInfo
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 
@@ -38,6 +37,20 @@ class BodyReader(Protocol):
     def on_event(self, event: str | None, data: Any) -> bool:
         """Digest one SSE event; return True to hide it from the caller."""
         ...
+
+
+def read_whole(reader: BodyReader, body: Any) -> None:
+    """Hand a whole body to the reader; one it cannot read leaves its reason in ``reader.info.problem``."""
+    try:
+        reader.on_body(body)
+    except Exception as exc:
+        reader.info.problem = _problem(exc)
+
+
+def _problem(exc: Exception) -> str:
+    """Why a body's usage cannot be trusted: the adapter's own words, or the error's type (never a
+    message that might quote the body)."""
+    return str(exc) if isinstance(exc, MalformedResponse) else f"response unreadable: {type(exc).__name__}"
 
 
 def loads(raw: bytes | str) -> Any:
@@ -86,14 +99,26 @@ class BodyObserver:
         rest, self._buffer = self._buffer, b""
         if not self.sse:
             if rest:
-                with contextlib.suppress(ValueError):  # not JSON (an error page): no usage to read
-                    self.reader.on_body(loads(rest))
+                try:
+                    body = loads(rest)
+                except ValueError:  # not JSON (an error page): no usage to read
+                    return b""
+                read_whole(self.reader, body)
             return b""
         if rest.strip() and self._digest(rest):
             return b""
         return rest
 
     def _digest(self, block: bytes) -> bool:
+        """Read one event; True to hide it. An event the reader cannot digest is shown as it is and
+        leaves its reason in ``info.problem`` (the call then settles at its reservation)."""
+        try:
+            return self._read_event(block)
+        except Exception as exc:
+            self.reader.info.problem = _problem(exc)
+            return False
+
+    def _read_event(self, block: bytes) -> bool:
         event: str | None = None
         data_lines = []
         for line in block.splitlines():
@@ -112,6 +137,13 @@ class BodyObserver:
         except ValueError:
             return False
         return self.reader.on_event(event, parsed)
+
+    def event(self, data: Any) -> None:
+        """One event already parsed by the SDK (botocore's EventStream), read as a wire event is."""
+        try:
+            self.reader.on_event(None, data)
+        except Exception as exc:
+            self.reader.info.problem = _problem(exc)
 
     def end(self) -> None:
         """Report the end once, however it came about."""

@@ -1,0 +1,133 @@
+"""The guarded call, once for every SDK: classify -> begin -> rewrite -> send -> observe -> settle.
+
+A hook (at an SDK's choke point) hands the lifecycle an :class:`Exchange` — the one request, the
+means to rewrite it and to observe what comes back — and the function that sends it. The one rule
+for internal errors lives here:
+
+* before the request leaves, a doubt blocks in enforce mode (with the reason) and changes nothing
+  in shadow mode;
+* once the provider has answered, nothing raises into the caller: a response that cannot be read
+  settles at the reservation, marked degraded, and the caller gets the provider's response as is;
+* a provider error releases the hold (or settles the reservation when the provider may have billed:
+  a timeout, a reply the SDK could not parse), and is re-raised untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from agentguard_otel.call import LLMRequest, RequestChanges, ResponseInfo
+from agentguard_otel.guard import Guard, GuardedCall
+
+logger = logging.getLogger(__name__)
+
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class Settler(Protocol):
+    """What an adapter's response observer reports to (it knows no ledger or receipt)."""
+
+    def finish(self, info: ResponseInfo, *, complete: bool = True) -> None: ...
+
+    def keepalive(self) -> None: ...
+
+
+class Exchange(Protocol):
+    """One request at an SDK's choke point, as its adapter understands it."""
+
+    request: LLMRequest
+
+    def outgoing(self, changes: RequestChanges) -> Arguments:
+        """The arguments to send, with the guard's changes applied (the caller's stay untouched)."""
+        ...
+
+    def observe(self, result: Any, settler: Settler) -> Any:
+        """Read usage from the result (now, or as its body is consumed) and report its end to
+        ``settler`` exactly once; returns what the caller gets."""
+        ...
+
+    def error_status(self, exc: BaseException) -> int | None:
+        """The HTTP status of a provider error, when it carries one."""
+        ...
+
+    def never_sent(self, exc: BaseException) -> bool:
+        """Whether the request certainly did not reach the provider (the connection failed)."""
+        ...
+
+
+def run(guard: Guard | None, classify: Callable[[], Exchange | None], send: Callable[..., Any],
+        args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Guard one synchronous SDK request."""
+    begun = _begin(guard, classify) if guard is not None else None
+    if begun is None:
+        return send(*args, **kwargs)
+    exchange, call = begun
+    out_args, out_kwargs = _outgoing(exchange, call, args, kwargs)
+    try:
+        result = send(*out_args, **out_kwargs)
+    except BaseException as exc:
+        call.fail(exc, exchange.error_status(exc), sent=not exchange.never_sent(exc))
+        raise
+    return _observe(exchange, call, result)
+
+
+async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Exchange | None]],
+                    send: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Guard one asynchronous SDK request. A remote ledger is a network round trip: its work runs in
+    a worker thread (the context, and so the scope, goes with it) so the event loop keeps serving."""
+    if guard is None:
+        return await send(*args, **kwargs)
+    try:
+        exchange = await classify()
+    except Exception as exc:
+        guard.unreadable(exc)  # raises in enforce mode
+        exchange = None
+    if exchange is None:
+        return await send(*args, **kwargs)
+    offload = guard.ledger.remote
+    call = await asyncio.to_thread(guard.begin, exchange.request) if offload else guard.begin(exchange.request)
+    out_args, out_kwargs = _outgoing(exchange, call, args, kwargs)
+    try:
+        result = await send(*out_args, **out_kwargs)
+    except BaseException as exc:
+        call.fail(exc, exchange.error_status(exc), sent=not exchange.never_sent(exc))
+        raise
+    if offload:
+        return await asyncio.to_thread(_observe, exchange, call, result)
+    return _observe(exchange, call, result)
+
+
+def _begin(guard: Guard, classify: Callable[[], Exchange | None]) -> tuple[Exchange, GuardedCall] | None:
+    try:
+        exchange = classify()
+    except Exception as exc:
+        guard.unreadable(exc)  # raises in enforce mode
+        return None
+    if exchange is None:
+        return None
+    return exchange, guard.begin(exchange.request)
+
+
+def _outgoing(exchange: Exchange, call: GuardedCall, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Arguments:
+    try:
+        return exchange.outgoing(call.changes)
+    except Exception as exc:
+        call.unsent(exc)  # releases the hold; raises in enforce mode
+        return args, kwargs
+
+
+def _observe(exchange: Exchange, call: GuardedCall, result: Any) -> Any:
+    try:
+        return exchange.observe(result, call)
+    except Exception as exc:
+        logger.error("agentguard: could not read the response of call %s (%s); settling at the reservation",
+                     call.decision.call_id, type(exc).__name__)
+        call.finish(ResponseInfo(problem=f"response unreadable: {type(exc).__name__}"))
+        return result
+
+
+__all__ = ["Arguments", "Exchange", "Settler", "run", "run_async"]
