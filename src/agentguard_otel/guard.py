@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 _SEVERITY: dict[str, int] = {"allow": 0, "shadow": 1, "downgrade": 2, "block": 3}
 DEFAULT_TIMEOUT_SECONDS = 600.0
 HOLD_GRACE_SECONDS = 60.0
+MAX_DEFERRED = 10_000  # deferred results this process remembers for a later correction
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Guard:
         self._in_flight = 0
         self._closing = False
         self._flight_lock = threading.Lock()
+        self._deferred: OrderedDict[str, GuardedCall] = OrderedDict()  # response id -> call settled in advance
 
     @property
     def enforcing(self) -> bool:
@@ -142,6 +145,30 @@ class Guard:
             last = self._closing and not self._in_flight
         if last:
             self._close_now()
+
+    def awaits(self, response_id: str) -> bool:
+        """Whether a call of this process settled in advance waits for this response's usage."""
+        with self._flight_lock:
+            return response_id in self._deferred
+
+    def defer(self, response_id: str, call: GuardedCall) -> None:
+        with self._flight_lock:
+            self._deferred[response_id] = call
+            while len(self._deferred) > MAX_DEFERRED:
+                self._deferred.popitem(last=False)  # the oldest stays settled at its reservation
+
+    def adjust(self, response_id: str, info: ResponseInfo) -> None:
+        """A deferred result arrived with its usage: correct the call's settlement to the actual
+        cost with a signed adjustment receipt. Never raises: the caller has its result."""
+        with self._flight_lock:
+            call = self._deferred.get(response_id)
+            if call is None or info.deferred or info.problem is not None:
+                return  # still pending, or a result that cannot be trusted: the reservation stands
+            del self._deferred[response_id]
+        try:
+            call.adjust(info)
+        except Exception:
+            logger.exception("agentguard: adjusting deferred call %s failed", call.decision.call_id)
 
     def unreadable(self, exc: BaseException) -> None:
         """An adapter could not read a request it recognised: blocked in enforce mode, sent as it
@@ -422,7 +449,8 @@ class Guard:
             "degraded": d.degraded,
         }
 
-    def _sign(self, kind: Literal["decision", "settlement"], body: dict[str, Any], span: CallSpan) -> dict[str, Any]:
+    def _sign(self, kind: Literal["decision", "settlement", "adjustment"], body: dict[str, Any],
+              span: CallSpan) -> dict[str, Any]:
         receipt = self.receipts.append(kind, body)
         self.telemetry.emit_receipt(receipt, span)
         return receipt
@@ -443,6 +471,7 @@ class GuardedCall:
         self._last_renew = self.started
         self._done = False
         self._lock = threading.Lock()
+        self._settled: tuple[int, str | None] = (0, None)  # a deferred call's (amount, receipt hash)
 
     @property
     def changes(self) -> RequestChanges:
@@ -506,11 +535,14 @@ class GuardedCall:
         states: tuple[CounterState, ...] = ()
         ledger_error = None
         hold = self.decision.hold_id
+        deferred = info.deferred and problem is None and outcome == "ok"
+        if deferred:
+            outcome = "deferred"
         try:
             if hold is not None and source == "none":
                 guard.ledger.release(hold)
             elif hold is not None:
-                states = guard.ledger.settle(hold, actual)
+                states = guard.ledger.settle(hold, actual, adjustable=deferred)
         except LedgerUnavailable as err:
             ledger_error = str(err)
             logger.error("agentguard: could not settle call %s: %s", self.decision.call_id, err)
@@ -542,11 +574,37 @@ class GuardedCall:
         except (OSError, ValueError, TypeError) as err:
             logger.error("agentguard: could not write settlement receipt for %s: %s", self.decision.call_id, err)
             receipt = None
+        if deferred and info.response_id:
+            self._settled = (actual, str(receipt["hash"]) if receipt else None)
+            guard.defer(info.response_id, self)
         guard.telemetry.on_settlement(self.span, Settled(
             request=self.request, scope=self.scope, decision=self.decision, info=info if problem is None else
             replace(info, usage=None), actual_nano=actual, cost_source=source, receipt=receipt,
             budget=budget_readings(self.decision.caps, states), duration_s=time.monotonic() - self.started,
             error_type=type(exc).__qualname__ if exc is not None else None, http_status=status))
+
+    def adjust(self, info: ResponseInfo) -> None:
+        """Correct a deferred settlement (made at the reservation) to the cost the result reports."""
+        guard = self.guard
+        settled, settlement_hash = self._settled
+        actual, source = self._reported_cost(info, "ok")
+        if actual is None or not 0 <= actual <= MAX_AMOUNT_NANO:
+            return  # no usage after all: the reservation stands
+        hold = self.decision.hold_id
+        states = guard.ledger.adjust(hold, actual) if hold is not None else ()
+        guard._sign("adjustment", {
+            "call_id": self.decision.call_id,
+            "settlement": settlement_hash,
+            "scope": self.scope.as_dict(),
+            "policy": guard._policy_ref,
+            "response_model": info.response_model,
+            "previous_nano": settled,
+            "actual_nano": actual,
+            "delta_nano": actual - settled,
+            "cost_source": source,
+            "usage": _usage_dict(info.usage),
+        }, self.span)
+        guard.telemetry.on_adjustment(budget_readings(self.decision.caps, states))
 
     def _release_quietly(self) -> None:
         hold = self.decision.hold_id

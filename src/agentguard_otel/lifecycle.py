@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -58,10 +59,43 @@ class Exchange(Protocol):
         ...
 
 
-def run(guard: Guard | None, classify: Callable[[], Exchange | None], send: Callable[..., Any],
+class FollowUp(ABC):
+    """A request that fetches the result of a call settled before its usage was known (a
+    background response): nothing is decided; its usage corrects that call's settlement."""
+
+    response_id: str
+
+    @abstractmethod
+    def observe(self, result: Any, settler: Settler) -> Any:
+        """As :meth:`Exchange.observe`."""
+
+
+class _Correction:
+    """The settler of a follow-up: what it reads corrects the deferred call's settlement."""
+
+    def __init__(self, guard: Guard, response_id: str) -> None:
+        self._guard = guard
+        self._response_id = response_id
+
+    def finish(self, info: ResponseInfo, *, complete: bool = True) -> None:
+        if complete:
+            self._guard.adjust(self._response_id, info)
+
+    def keepalive(self) -> None:
+        """Nothing is held for a follow-up."""
+
+
+Classified = Exchange | FollowUp | None
+
+
+def run(guard: Guard | None, classify: Callable[[], Classified], send: Callable[..., Any],
         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard one synchronous SDK request."""
-    begun = _begin(guard, classify) if guard is not None else None
+    if guard is None:
+        return send(*args, **kwargs)
+    begun = _begin(guard, classify)
+    if isinstance(begun, FollowUp):
+        return _observe(begun, _Correction(guard, begun.response_id), send(*args, **kwargs))
     if begun is None:
         return send(*args, **kwargs)
     exchange, call = begun
@@ -74,7 +108,7 @@ def run(guard: Guard | None, classify: Callable[[], Exchange | None], send: Call
     return _observe(exchange, call, result)
 
 
-async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Exchange | None]],
+async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Classified]],
                     send: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard one asynchronous SDK request. A remote ledger is a network round trip: its work runs in
     a worker thread (the context, and so the scope, goes with it) so the event loop keeps serving."""
@@ -88,6 +122,12 @@ async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Exchan
     if exchange is None:
         return await send(*args, **kwargs)
     offload = guard.ledger.remote
+    if isinstance(exchange, FollowUp):
+        result = await send(*args, **kwargs)
+        correction = _Correction(guard, exchange.response_id)
+        if offload:
+            return await asyncio.to_thread(_observe, exchange, correction, result)
+        return _observe(exchange, correction, result)
     call = await asyncio.to_thread(guard.begin, exchange.request) if offload else guard.begin(exchange.request)
     out_args, out_kwargs = _outgoing(exchange, call, args, kwargs)
     try:
@@ -100,14 +140,14 @@ async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Exchan
     return _observe(exchange, call, result)
 
 
-def _begin(guard: Guard, classify: Callable[[], Exchange | None]) -> tuple[Exchange, GuardedCall] | None:
+def _begin(guard: Guard, classify: Callable[[], Classified]) -> tuple[Exchange, GuardedCall] | FollowUp | None:
     try:
         exchange = classify()
     except Exception as exc:
         guard.unreadable(exc)  # raises in enforce mode
         return None
-    if exchange is None:
-        return None
+    if exchange is None or isinstance(exchange, FollowUp):
+        return exchange
     return exchange, guard.begin(exchange.request)
 
 
@@ -120,14 +160,14 @@ def _outgoing(exchange: Exchange, call: GuardedCall, args: tuple[Any, ...],
         return args, kwargs
 
 
-def _observe(exchange: Exchange, call: GuardedCall, result: Any) -> Any:
+def _observe(exchange: Exchange | FollowUp, settler: Settler, result: Any) -> Any:
     try:
-        return exchange.observe(result, call)
+        return exchange.observe(result, settler)
     except Exception as exc:
-        logger.error("agentguard: could not read the response of call %s (%s); settling at the reservation",
-                     call.decision.call_id, type(exc).__name__)
-        call.finish(ResponseInfo(problem=f"response unreadable: {type(exc).__name__}"))
+        logger.error("agentguard: could not read a response (%s); its call settles at the reservation",
+                     type(exc).__name__)
+        settler.finish(ResponseInfo(problem=f"response unreadable: {type(exc).__name__}"))
         return result
 
 
-__all__ = ["Arguments", "Exchange", "Settler", "run", "run_async"]
+__all__ = ["Arguments", "Exchange", "FollowUp", "Settler", "run", "run_async"]

@@ -283,6 +283,12 @@ class Telemetry:
         else:
             call.end()
 
+    @contained
+    def on_adjustment(self, budget: Sequence[BudgetReading]) -> None:
+        """A deferred call's settlement was corrected (its receipt is logged like any other): the
+        budget gauges move; ``agentguard.cost`` counted the reservation and, a counter, stays."""
+        self._record_budget(budget)
+
     # -- logs -------------------------------------------------------------------------------
 
     @contained

@@ -347,3 +347,36 @@ def test_bad_reservations_are_refused(ledger: Ledger) -> None:
         with pytest.raises(ValueError, match="ttl"):
             ledger.reserve([cap], 1, ttl)
     assert ledger.states() == []
+
+
+def test_an_adjustable_settlement_is_corrected_once_in_its_own_window(ledger: Ledger, clock: FakeClock) -> None:
+    day = CounterSpec("day", 1_000, "day")
+    rolling = CounterSpec("roll", 1_000, "hour", rolling=True)
+    deferred = ledger.reserve([day, rolling], 800, TTL).hold_id
+    plain = ledger.reserve([day], 100, TTL).hold_id
+    assert deferred is not None and plain is not None
+    ledger.settle(deferred, 800, adjustable=True)
+    ledger.settle(plain, 100)
+    clock.advance(600)
+    states = ledger.adjust(deferred, 300)
+    assert [(s.key, s.spent_nano) for s in states] == [("day", 400), ("roll", 300)]
+    assert ledger.adjust(deferred, 0) == ()  # once only
+    assert ledger.adjust(plain, 0) == ()  # a plain settlement is final
+    assert spent_held(ledger, "day") == (400, 0)
+    assert ledger.reserve([rolling], 700, TTL).admitted
+    # the correction slides out with the spend it corrected: the rolling total never goes negative
+    clock.advance(3_600)
+    assert spent_held(ledger, "roll") == (0, 0)
+
+
+def test_a_correction_upward_counts_and_an_ended_window_keeps_its_total(ledger: Ledger, clock: FakeClock) -> None:
+    minute = CounterSpec("minute", 10**9, "minute")
+    day = CounterSpec("day", 10**9, "day")
+    first = ledger.reserve([minute, day], 100, TTL).hold_id
+    assert first is not None
+    ledger.settle(first, 100, adjustable=True)
+    clock.advance(120)  # the minute window ended; the day window goes on
+    states = ledger.adjust(first, 250)
+    assert ("day", 250) in [(s.key, s.spent_nano) for s in states]
+    assert state(ledger, "minute").spent_nano == 0  # the current minute is untouched
+    assert spent_held(ledger, "day") == (250, 0)

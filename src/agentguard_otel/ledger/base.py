@@ -37,6 +37,10 @@ ROLLING_START = -1
 #: An expired hold is kept this long so that a late settlement still records its spend.
 HOLD_RETENTION_SECONDS = 86_400.0
 
+#: A settlement made adjustable is kept this long for :meth:`Ledger.adjust` (a deferred result
+#: fetched later than that is no longer corrected).
+ADJUSTABLE_SECONDS = 7 * 86_400.0
+
 #: How often a backend drops dead holds, finished windows and slid-out spend events.
 GC_INTERVAL_SECONDS = 60.0
 
@@ -229,8 +233,16 @@ class Ledger(ABC):
         """Check and hold ``amount_nano`` on every counter in one atomic step."""
 
     @abstractmethod
-    def settle(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
-        """Replace the hold by the actual cost (which may exceed it)."""
+    def settle(self, hold_id: str, actual_nano: int, *, adjustable: bool = False) -> tuple[CounterState, ...]:
+        """Replace the hold by the actual cost (which may exceed it). ``adjustable``: remember
+        what was settled where (for :data:`ADJUSTABLE_SECONDS`) so :meth:`adjust` can correct it."""
+
+    @abstractmethod
+    def adjust(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+        """Correct an adjustable settlement to ``actual_nano`` in the windows it was settled in (a
+        rolling window: at the instant it was settled). Once only; ``()`` for a hold that was not
+        settled adjustably, was adjusted already, or is past :data:`ADJUSTABLE_SECONDS`. A window
+        that has since ended keeps its total: the correction no longer matters to any cap."""
 
     @abstractmethod
     def release(self, hold_id: str) -> None:

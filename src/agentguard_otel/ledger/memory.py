@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentguard_otel.ledger.base import (
+    ADJUSTABLE_SECONDS,
     GC_INTERVAL_SECONDS,
     HOLD_RETENTION_SECONDS,
     ROLLING_START,
@@ -48,6 +49,13 @@ class _Hold:
     counters: tuple[_CounterId, ...]
 
 
+@dataclass(frozen=True)
+class _Settled:
+    amount: int
+    settled_at: float
+    counters: tuple[_CounterId, ...]
+
+
 class MemoryLedger(Ledger):
     """The reference backend: the same contract as SQLite, without persistence."""
 
@@ -59,6 +67,7 @@ class MemoryLedger(Ledger):
         self._expiry: list[tuple[float, str]] = []  # heap; entries outdated by renew are skipped
         # Spend events of rolling counters, a heap per key; a rolling row's ``spent`` is their total.
         self._spend: dict[str, list[tuple[float, int]]] = {}
+        self._adjustable: dict[str, _Settled] = {}
         self._next_gc = 0.0
 
     def reserve(self, counters: Sequence[CounterSpec], amount_nano: int, ttl_seconds: float) -> Reservation:
@@ -90,7 +99,7 @@ class MemoryLedger(Ledger):
                 heapq.heappush(self._expiry, (expires_at, reservation.hold_id))
             return reservation
 
-    def settle(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+    def settle(self, hold_id: str, actual_nano: int, *, adjustable: bool = False) -> tuple[CounterState, ...]:
         check_nano(actual_nano, "actual_nano")
         with self._lock:
             now = self._clock()
@@ -98,18 +107,43 @@ class MemoryLedger(Ledger):
             hold = self._holds.pop(hold_id, None)
             if hold is None:
                 return ()
-            states: list[CounterState] = []
             for key, start in hold.counters:
-                row = self._counters[(key, start)]
                 if hold.live:
-                    row.held -= hold.amount
-                if start == ROLLING_START:
-                    self._prune_rolling(key, row, rolling_cutoff(row.window, now))
-                    heapq.heappush(self._spend.setdefault(key, []), (now, actual_nano))
-                row.spent += actual_nano
-                states.append(CounterState(key, window_start_datetime(start, row.timezone), row.spent,
-                                           row.held, row.limit))
-            return tuple(states)
+                    self._counters[(key, start)].held -= hold.amount
+            if adjustable:
+                self._adjustable[hold_id] = _Settled(actual_nano, now, hold.counters)
+            return self._spend_on(hold.counters, actual_nano, now, now)
+
+    def adjust(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+        check_nano(actual_nano, "actual_nano")
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            settled = self._adjustable.pop(hold_id, None)
+            if settled is None or settled.settled_at <= now - ADJUSTABLE_SECONDS:
+                return ()
+            live = tuple(c for c in settled.counters if c in self._counters)
+            return self._spend_on(live, actual_nano - settled.amount, settled.settled_at, now)
+
+    def _spend_on(self, counters: Sequence[_CounterId], amount: int, stamped: float,
+                  now: float) -> tuple[CounterState, ...]:
+        """Add ``amount`` (negative for a correction down) to each counter; on a rolling one as a
+        spend event stamped ``stamped``."""
+        states: list[CounterState] = []
+        for key, start in counters:
+            row = self._counters[(key, start)]
+            add = amount
+            if start == ROLLING_START:
+                cutoff = rolling_cutoff(row.window, now)
+                self._prune_rolling(key, row, cutoff)
+                if stamped <= cutoff:
+                    add = 0  # the spend it corrects has slid out of the window already
+                else:
+                    heapq.heappush(self._spend.setdefault(key, []), (stamped, add))
+            row.spent += add
+            states.append(CounterState(key, window_start_datetime(start, row.timezone), row.spent,
+                                       row.held, row.limit))
+        return tuple(states)
 
     def release(self, hold_id: str) -> None:
         with self._lock:
@@ -180,6 +214,8 @@ class MemoryLedger(Ledger):
         for hold_id in [hid for hid, hold in self._holds.items()
                         if not hold.live and hold.expires_at <= now - HOLD_RETENTION_SECONDS]:
             del self._holds[hold_id]
+        for hold_id in [hid for hid, done in self._adjustable.items() if done.settled_at <= now - ADJUSTABLE_SECONDS]:
+            del self._adjustable[hold_id]
         referenced = {counter_id for hold in self._holds.values() for counter_id in hold.counters}
         newest: dict[str, int] = {}
         for key, start in self._counters:

@@ -52,6 +52,7 @@ from redis.retry import Retry
 
 from agentguard_otel.errors import ConfigError, LedgerUnavailable
 from agentguard_otel.ledger.base import (
+    ADJUSTABLE_SECONDS,
     HOLD_RETENTION_SECONDS,
     MAX_AMOUNT_NANO,
     ROLLING_SECONDS,
@@ -121,13 +122,18 @@ local function unhold(counters, amount)
   end
 end
 
+local function negated(amount)
+  if string.sub(amount, 1, 1) == '-' then return string.sub(amount, 2) end
+  return '-' .. amount
+end
+
 -- spend events that slid out of a rolling window leave its total
 local function prune(key, ck, length)
   local ek = P .. 'e:' .. key
   local cutoff = fmt(now - length)
   local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', cutoff)
   for _, member in ipairs(gone) do
-    redis.call('HINCRBY', ck, 'spent', '-' .. string.match(member, ':(%d+)$'))
+    redis.call('HINCRBY', ck, 'spent', negated(string.match(member, ':(-?%d+)$')))
   end
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', ek, '-inf', cutoff) end
 end
@@ -212,13 +218,19 @@ redis.call('ZADD', P .. 'exp', fmt(now + ttl), id)
 return reply
 """
 
-# ARGV: prefix, now, hold id, actual. Reply: now, then per counter: key, start, spent, held, limit, zone.
-_SETTLE = _PRELUDE + r"""
+# ARGV: prefix, now, hold id, actual, adjustable ('1'). Reply: now, then per counter: key, start,
+# spent, held, limit, zone.
+_SETTLE = _PRELUDE + f"local ADJUSTABLE = {ADJUSTABLE_SECONDS!r}\n" + r"""
 local id, actual = ARGV[3], ARGV[4]
 local reply = {fmt(now)}
 local held, counters = take(id)
 if not held then return reply end
 unhold(counters, held)
+if ARGV[5] == '1' then
+  local sk = P .. 's:' .. id
+  redis.call('HSET', sk, 'amount', actual, 'at', fmt(now), 'counters', cjson.encode(counters))
+  redis.call('EXPIRE', sk, math.ceil(ADJUSTABLE))
+end
 for _, c in ipairs(counters) do
   local ck, key, length = c[1], c[2], c[4]
   if length > 0 then
@@ -232,6 +244,36 @@ for _, c in ipairs(counters) do
   keep(ck, length + RETENTION)
   local v = redis.call('HMGET', ck, 'spent', 'held', 'limit', 'tz')
   for _, x in ipairs({key, c[3], v[1], v[2], v[3], v[4]}) do reply[#reply + 1] = x end
+end
+return reply
+"""
+
+# ARGV: prefix, now, hold id, actual. Reply as _SETTLE's, for the counters still there.
+_ADJUST = _PRELUDE + r"""
+local sk = P .. 's:' .. ARGV[3]
+local s = redis.call('HMGET', sk, 'amount', 'at', 'counters')
+local reply = {fmt(now)}
+if not s[1] then return reply end
+redis.call('DEL', sk)
+local at = tonumber(s[2])
+-- both amounts are at most 2^53, so their difference is exact in a double
+local delta = string.format('%d', tonumber(ARGV[4]) - tonumber(s[1]))
+for _, c in ipairs(cjson.decode(s[3])) do
+  local ck, key, length = c[1], c[2], c[4]
+  if redis.call('EXISTS', ck) == 1 then
+    local add = delta
+    if length > 0 then
+      prune(key, ck, length)
+      if at <= now - length then
+        add = '0'  -- the spend it corrects has slid out of the window already
+      elseif delta ~= '0' then
+        redis.call('ZADD', P .. 'e:' .. key, fmt(at), ARGV[3] .. ':adj:' .. delta)
+      end
+    end
+    redis.call('HINCRBY', ck, 'spent', add)
+    local v = redis.call('HMGET', ck, 'spent', 'held', 'limit', 'tz')
+    for _, x in ipairs({key, c[3], v[1], v[2], v[3], v[4]}) do reply[#reply + 1] = x end
+  end
 end
 return reply
 """
@@ -309,6 +351,13 @@ def _check_amount(value: int, what: str) -> None:
         raise ValueError(f"{what} must be at most {MAX_AMOUNT_NANO} nano-USD on the Redis ledger, got {value}")
 
 
+def _counter_states(reply: list[str]) -> tuple[CounterState, ...]:
+    """A settle or adjust script's reply (the server's time, then six fields per counter)."""
+    _now, *rows = reply
+    return tuple(CounterState(key, window_start_datetime(int(start), tz), int(spent), int(held), int(limit))
+                 for key, start, spent, held, limit, tz in zip(*[iter(rows)] * 6, strict=True))
+
+
 def parse_redis_url(url: str) -> tuple[str, float, str]:
     """Split a ledger URL into the URL redis-py connects to, the timeout and the key prefix.
 
@@ -367,6 +416,7 @@ class RedisLedger(Ledger):
         self._offset = 0.0  # server clock minus this host's clock, as last seen
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._adjust = client.register_script(_ADJUST)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._states = client.register_script(_STATES)
@@ -412,11 +462,13 @@ class RedisLedger(Ledger):
             return reservation
         raise LedgerUnavailable(f"Redis ledger {self._where}: the server clock keeps moving away from this host's")
 
-    def settle(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+    def settle(self, hold_id: str, actual_nano: int, *, adjustable: bool = False) -> tuple[CounterState, ...]:
         _check_amount(actual_nano, "actual_nano")
-        _now, *rows = self._run(self._settle, self._now(), [hold_id, actual_nano])
-        return tuple(CounterState(key, window_start_datetime(int(start), tz), int(spent), int(held), int(limit))
-                     for key, start, spent, held, limit, tz in zip(*[iter(rows)] * 6, strict=True))
+        return _counter_states(self._run(self._settle, self._now(), [hold_id, actual_nano, "1" if adjustable else ""]))
+
+    def adjust(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+        _check_amount(actual_nano, "actual_nano")
+        return _counter_states(self._run(self._adjust, self._now(), [hold_id, actual_nano]))
 
     def release(self, hold_id: str) -> None:
         self._run(self._release, self._now(), [hold_id])

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from agentguard_otel.errors import LedgerUnavailable
 from agentguard_otel.ledger.base import (
+    ADJUSTABLE_SECONDS,
     GC_INTERVAL_SECONDS,
     HOLD_RETENTION_SECONDS,
     ROLLING_START,
@@ -46,7 +47,7 @@ from agentguard_otel.ledger.base import (
     window_start_datetime,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: settled_holds (version 1 files gain the table on open)
 
 # Money columns are INTEGER nano-USD; times are REAL seconds since the epoch.
 # - counters: one row per (key, window_start); ``held`` is the sum of the live holds on it. A
@@ -55,6 +56,7 @@ SCHEMA_VERSION = 1
 # - holds: live holds only, with their counters as JSON [[key, window_start], ...] in reservation
 #   order. Few rows (one per call in flight), so the expiry sweep scans it without an index.
 # - expired_holds: holds that expired unsettled; kept HOLD_RETENTION_SECONDS for late settlement.
+# - settled_holds: settlements made adjustable (deferred results), kept ADJUSTABLE_SECONDS.
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS counters (
         key TEXT NOT NULL,
@@ -84,6 +86,12 @@ _SCHEMA = (
         amount INTEGER NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS spend_events_key_ts ON spend_events (key, ts)",
+    """CREATE TABLE IF NOT EXISTS settled_holds (
+        hold_id TEXT PRIMARY KEY,
+        amount INTEGER NOT NULL,
+        settled_at REAL NOT NULL,
+        counters TEXT NOT NULL
+    ) WITHOUT ROWID""",
 )
 
 _CounterId = tuple[str, int]
@@ -143,12 +151,28 @@ def _take_hold(conn: sqlite3.Connection, hold_id: str) -> tuple[int, list[_Count
     return None
 
 
-def _record_rolling(conn: sqlite3.Connection, key: str, actual_nano: int, now: float) -> None:
-    """Stamp a settlement on a rolling counter at ``now``, the moment its cost became known."""
-    (window,) = conn.execute("SELECT window FROM counters WHERE key = ? AND window_start = ?",
-                             (key, ROLLING_START)).fetchone()
-    _prune_rolling(conn, key, rolling_cutoff(window, now))
-    conn.execute("INSERT INTO spend_events (key, ts, amount) VALUES (?, ?, ?)", (key, now, actual_nano))
+def _spend_on(conn: sqlite3.Connection, placed: Sequence[_CounterId], amount: int, held_part: int,
+              stamped: float, now: float) -> tuple[CounterState, ...]:
+    """Add ``amount`` (negative for a correction down) to each counter and take ``held_part`` off
+    it; on a rolling counter the spend is an event stamped ``stamped`` (when its cost became known),
+    and a correction of spend that has slid out of the window already changes nothing."""
+    updates = []
+    for key, start in placed:
+        add = amount
+        if start == ROLLING_START:
+            (window,) = conn.execute("SELECT window FROM counters WHERE key = ? AND window_start = ?",
+                                     (key, ROLLING_START)).fetchone()
+            cutoff = rolling_cutoff(window, now)
+            _prune_rolling(conn, key, cutoff)
+            if stamped <= cutoff:
+                add = 0
+            else:
+                conn.execute("INSERT INTO spend_events (key, ts, amount) VALUES (?, ?, ?)", (key, stamped, add))
+        updates.append((add, held_part, key, start))
+    conn.executemany(_UPDATE_COUNTER, updates)
+    after = {(key, start): CounterState(key, window_start_datetime(start, tz), spent, held, limit)
+             for key, start, spent, held, limit, tz in conn.execute(_select_counters(len(placed)), _flat(placed))}
+    return tuple(after[counter] for counter in placed)
 
 
 def _prune_rolling(conn: sqlite3.Connection, key: str, since: float) -> None:
@@ -239,7 +263,7 @@ class SQLiteLedger(Ledger):
                                             json.dumps(placed)))
             return reservation
 
-    def settle(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+    def settle(self, hold_id: str, actual_nano: int, *, adjustable: bool = False) -> tuple[CounterState, ...]:
         check_nano(actual_nano, "actual_nano")
         with self._transaction() as tx:
             taken = _take_hold(tx.conn, hold_id)
@@ -248,14 +272,27 @@ class SQLiteLedger(Ledger):
             held_part, placed = taken
             if not placed:
                 return ()
-            for key, start in placed:
-                if start == ROLLING_START:
-                    _record_rolling(tx.conn, key, actual_nano, tx.now)
-            tx.conn.executemany(_UPDATE_COUNTER, [(actual_nano, held_part, *counter) for counter in placed])
-            after = {(key, start): CounterState(key, window_start_datetime(start, tz), spent, held, limit)
-                     for key, start, spent, held, limit, tz in
-                     tx.conn.execute(_select_counters(len(placed)), _flat(placed))}
-            return tuple(after[counter] for counter in placed)
+            if adjustable:
+                tx.conn.execute("INSERT OR REPLACE INTO settled_holds VALUES (?, ?, ?, ?)",
+                                (hold_id, actual_nano, tx.now, json.dumps(placed)))
+            return _spend_on(tx.conn, placed, actual_nano, held_part, tx.now, tx.now)
+
+    def adjust(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
+        check_nano(actual_nano, "actual_nano")
+        with self._transaction() as tx:
+            row = tx.conn.execute("SELECT amount, settled_at, counters FROM settled_holds WHERE hold_id = ?",
+                                  (hold_id,)).fetchone()
+            if row is None:
+                return ()
+            tx.conn.execute("DELETE FROM settled_holds WHERE hold_id = ?", (hold_id,))
+            amount, settled_at, counters = row
+            if settled_at <= tx.now - ADJUSTABLE_SECONDS:
+                return ()
+            placed = [(key, start) for key, start in json.loads(counters)]
+            present = {(key, start) for key, start, *_ in tx.conn.execute(_select_counters(len(placed)),
+                                                                         _flat(placed))} if placed else set()
+            live = [c for c in placed if c in present]
+            return _spend_on(tx.conn, live, actual_nano - amount, 0, settled_at, tx.now) if live else ()
 
     def release(self, hold_id: str) -> None:
         with self._transaction() as tx:
@@ -333,6 +370,7 @@ class SQLiteLedger(Ledger):
         """Drop expired holds past retention, ended calendar windows no hold refers to, and spend
         events that slid out of their rolling window."""
         conn.execute("DELETE FROM expired_holds WHERE expires_at <= ?", (now - HOLD_RETENTION_SECONDS,))
+        conn.execute("DELETE FROM settled_holds WHERE settled_at <= ?", (now - ADJUSTABLE_SECONDS,))
         referenced = {(key, start)
                       for (counters,) in conn.execute("SELECT counters FROM holds UNION ALL "
                                                       "SELECT counters FROM expired_holds").fetchall()

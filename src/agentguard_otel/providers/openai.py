@@ -144,6 +144,9 @@ class ChoicesReader(_Reader):
         return False
 
 
+_PENDING_STATUSES = frozenset({"queued", "in_progress"})
+
+
 class ResponsesReader(_Reader):
     """Responses API: the final ``response.completed`` (or incomplete/failed) event carries usage."""
 
@@ -156,6 +159,8 @@ class ResponsesReader(_Reader):
         reason = get_path(body, ("incomplete_details", "reason"))
         if reason or status:
             self.info.finish_reasons = [str(reason or status)]
+        # A background response is accepted now and done later: its usage comes with a later GET.
+        self.info.deferred = status in _PENDING_STATUSES and self.info.usage is None
         self.complete = True
 
     def on_event(self, event: str | None, data: Any) -> bool:
@@ -199,6 +204,13 @@ class OpenAIAdapter(StainlessAdapter):
             # OpenAI deprecated max_tokens for chat; compatible servers widely know only max_tokens.
             return "max_completion_tokens" if host == OPENAI_HOST else "max_tokens"
         return endpoint.max_output_fields[0]
+
+    def result_reader(self, path: str) -> tuple[str, BodyReader] | None:
+        """``GET /responses/{id}``: the result of a background response, with its usage."""
+        head, _, response_id = path.rpartition("/")
+        if head != "/responses" or not response_id:
+            return None
+        return response_id, ResponsesReader()
 
     def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
         if prepared.path == "/responses":

@@ -24,7 +24,7 @@ import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
 from agentguard_otel.call import LLMRequest, RequestChanges
-from agentguard_otel.lifecycle import Settler, run, run_async
+from agentguard_otel.lifecycle import FollowUp, Settler, run, run_async
 from agentguard_otel.providers import GuardRef
 from agentguard_otel.providers.base import InputMeasure, caused_by, get_path, measure_input
 from agentguard_otel.providers.stream import (
@@ -87,6 +87,11 @@ class StainlessAdapter(ABC):
     @abstractmethod
     def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
         """A fresh reader for this call's response body."""
+
+    def result_reader(self, path: str) -> tuple[str, BodyReader] | None:
+        """For a GET that fetches a deferred result: (its response id, a reader for it). Providers
+        without deferred results keep this default."""
+        return None
 
     def prepare_body(self, data: Any) -> Any:
         """The request body as the SDK will send it, for SDKs that finish preparing it (dropping
@@ -273,10 +278,10 @@ class StainlessHook:
 
     def _sync(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Any:
-        def classify() -> StainlessExchange | None:
+        def classify() -> StainlessExchange | StainlessFollowUp | None:
             options = _options(args, kwargs)
             if self._endpoint(options) is None:
-                return None
+                return self._follow_up(options, observe_sync)
             for name in ("json_data", "extra_json"):
                 if getattr(options, name, None) is not None:
                     setattr(options, name, self.adapter.prepare_body(getattr(options, name)))
@@ -286,16 +291,26 @@ class StainlessHook:
 
     async def _async(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        async def classify() -> StainlessExchange | None:
+        async def classify() -> StainlessExchange | StainlessFollowUp | None:
             options = _options(args, kwargs)
             if self._endpoint(options) is None:
-                return None
+                return self._follow_up(options, observe_async)
             for name in ("json_data", "extra_json"):
                 if getattr(options, name, None) is not None:
                     setattr(options, name, await self.adapter.prepare_body_async(getattr(options, name)))
             return self._exchange(instance, options, args, kwargs, observe_async)
 
         return await run_async(self._guard(), classify, wrapped, args, kwargs)
+
+    def _follow_up(self, options: Any, install: Callable[[Any, BodyObserver], None]) -> StainlessFollowUp | None:
+        """A GET of a result the guard settled before it was known (a background response)."""
+        if str(getattr(options, "method", "")).lower() != "get":
+            return None
+        found = self.adapter.result_reader(str(getattr(options, "url", "")).split("?", 1)[0])
+        guard = self._guard()
+        if found is None or guard is None or not guard.awaits(found[0]):
+            return None
+        return StainlessFollowUp(self.adapter, found[0], found[1], install)
 
     def _exchange(self, client: Any, options: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                   install: Callable[[Any, BodyObserver], None]) -> StainlessExchange | None:
@@ -357,25 +372,8 @@ class StainlessExchange:
         return self._args, {**self._kwargs, "options": options}
 
     def observe(self, result: Any, settler: Settler) -> Any:
-        adapter = self._hook.adapter
-        reader = adapter.reader(self._prepared, self._hide_usage)
-        http = adapter.response_body(result)
-        if http is None:
-            read_whole(reader, result)
-            settler.finish(reader.info)
-            return result
-        # A stream is recognised from the response, whatever the request said (``stream`` sent
-        # through ``extra_body``, a server that streams unasked).
-        sse = "text/event-stream" in str(http.headers.get("content-type", ""))
-        observer = BodyObserver(reader, sse=sse, on_progress=settler.keepalive,
-                                on_end=lambda info, complete: settler.finish(info, complete=complete))
-        if http.is_stream_consumed:  # with_raw_response without streaming: the body is already here
-            observer.feed(http.content)
-            observer.flush()
-            observer.end()
-            return result
-        self._install(http, observer)
-        return result
+        reader = self._hook.adapter.reader(self._prepared, self._hide_usage)
+        return observe_result(self._hook.adapter, reader, result, settler, self._install)
 
     def error_status(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)
@@ -387,8 +385,46 @@ class StainlessExchange:
         return caused_by(exc, _CONNECT_ERRORS)
 
 
+class StainlessFollowUp(FollowUp):
+    """The GET that fetches a deferred result through a Stainless client."""
+
+    def __init__(self, adapter: StainlessAdapter, response_id: str, reader: BodyReader,
+                 install: Callable[[Any, BodyObserver], None]) -> None:
+        self.response_id = response_id
+        self._adapter = adapter
+        self._reader = reader
+        self._install = install
+
+    def observe(self, result: Any, settler: Settler) -> Any:
+        return observe_result(self._adapter, self._reader, result, settler, self._install)
+
+
+def observe_result(adapter: StainlessAdapter, reader: BodyReader, result: Any, settler: Settler,
+                   install: Callable[[Any, BodyObserver], None]) -> Any:
+    """Read the result now (a parsed object, a body already read) or as its body is consumed."""
+    http = adapter.response_body(result)
+    if http is None:
+        read_whole(reader, result)
+        settler.finish(reader.info)
+        return result
+    # A stream is recognised from the response, whatever the request said (``stream`` sent
+    # through ``extra_body``, a server that streams unasked).
+    sse = "text/event-stream" in str(http.headers.get("content-type", ""))
+    observer = BodyObserver(reader, sse=sse, on_progress=settler.keepalive,
+                            on_end=lambda info, complete: settler.finish(info, complete=complete))
+    if http.is_stream_consumed:  # with_raw_response without streaming: the body is already here
+        observer.feed(http.content)
+        observer.flush()
+        observer.end()
+        return result
+    install(http, observer)
+    return result
+
+
 # httpx errors raised before a request leaves: the connection was never made.
 _CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
 
 
-__all__ = ["Endpoint", "Prepared", "StainlessAdapter", "StainlessExchange", "StainlessHook", "loads"]
+__all__ = [
+    "Endpoint", "Prepared", "StainlessAdapter", "StainlessExchange", "StainlessFollowUp", "StainlessHook", "loads",
+]

@@ -19,7 +19,7 @@ from agentguard_otel.receipts.keys import SigningKey
 
 VERSION: Final = 1
 ZERO_HASH: Final = "0" * 64
-KINDS: Final = frozenset({"decision", "settlement", "checkpoint"})
+KINDS: Final = frozenset({"decision", "settlement", "adjustment", "checkpoint"})
 SEALED_FIELDS: Final = ("hash", "sig")
 RESERVED_FIELDS: Final = frozenset({"v", "kind", "chain", "seq", "prev", "ts", "key_id", *SEALED_FIELDS})
 

@@ -44,8 +44,8 @@ class ReceiptWriter:
 
     Thread-safe. Fork-safe: a forked child that uses the writer starts its own chain in its own files
     (the parent's descriptor is dropped in the child, never written). Checkpoint receipts
-    (``kind: checkpoint``, body ``{"head": {"seq", "hash"} of the receipt before it, "count": decision
-    and settlement receipts in the chain so far}``) are written every ``checkpoint_every`` receipts, as
+    (``kind: checkpoint``, body ``{"head": {"seq", "hash"} of the receipt before it, "count": decision,
+    settlement and adjustment receipts in the chain so far}``) are written every ``checkpoint_every`` receipts, as
     the last line of a segment that reached ``segment_max_bytes`` (the chain continues in the next
     segment) and at ``close()``. Nothing is registered globally; the owner calls ``close()``.
 
@@ -89,14 +89,14 @@ class ReceiptWriter:
             self._adopt()
             return self._chain, self._seq - 1, self._prev
 
-    def append(self, kind: Literal["decision", "settlement"], body: Mapping[str, Any]) -> dict[str, Any]:
+    def append(self, kind: Literal["decision", "settlement", "adjustment"], body: Mapping[str, Any]) -> dict[str, Any]:
         """Sign, chain and write one receipt; returns it (its key order is the line's key order).
 
         Raises ValueError for a bad kind or a body using a reserved field, TypeError for a value a
         receipt may not hold, OSError (naming the directory) when the disk refuses the line. A failed
         append consumes no ``seq``: the chain stays gapless."""
-        if kind not in ("decision", "settlement"):
-            raise ValueError(f"receipt kind must be 'decision' or 'settlement', got {kind!r}")
+        if kind not in ("decision", "settlement", "adjustment"):
+            raise ValueError(f"receipt kind must be 'decision', 'settlement' or 'adjustment', got {kind!r}")
         clash = RESERVED_FIELDS.intersection(body)
         if clash:
             raise ValueError(f"receipt body uses reserved field(s): {', '.join(sorted(clash))}")
