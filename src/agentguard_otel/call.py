@@ -44,6 +44,16 @@ class LLMRequest:
 
 
 @dataclass(frozen=True)
+class UnknownEndpoint:
+    """A request an adapter recognised as its provider's but cannot price: a paid API it does not
+    list, an operation it does not know, a body it cannot read. It follows ``unknown_endpoint``."""
+
+    provider: str
+    description: str  # e.g. "POST /images/generations" or "bedrock-runtime StartAsyncInvoke"
+    server_address: str | None = None
+
+
+@dataclass(frozen=True)
 class RequestChanges:
     """What the guard wants changed before the request leaves (applied by the adapter).
 
@@ -113,4 +123,5 @@ class Decision:
     caps: tuple[CapRef, ...] = ()  # every cap that applied, to read the budget at settlement
 
 
-__all__ = ["Action", "CapRef", "Decision", "LLMRequest", "MalformedResponse", "RequestChanges", "ResponseInfo"]
+__all__ = ["Action", "CapRef", "Decision", "LLMRequest", "MalformedResponse", "RequestChanges", "ResponseInfo",
+           "UnknownEndpoint"]

@@ -15,10 +15,10 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 from urllib.parse import quote
 
-from agentguard_otel.call import Action, CapRef, Decision, LLMRequest, RequestChanges, ResponseInfo
+from agentguard_otel.call import Action, CapRef, Decision, LLMRequest, RequestChanges, ResponseInfo, UnknownEndpoint
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
 from agentguard_otel.ledger import MAX_AMOUNT_NANO, CounterSpec, CounterState, Ledger, Reservation
 from agentguard_otel.money import format_usd
@@ -169,6 +169,35 @@ class Guard:
             call.adjust(info)
         except Exception:
             logger.exception("agentguard: adjusting deferred call %s failed", call.decision.call_id)
+
+    def unguarded(self, endpoint: UnknownEndpoint) -> None:
+        """A request no adapter can price: blocked in enforce mode under ``unknown_endpoint: block``
+        (raises), otherwise let through with a degraded decision receipt. Signed either way."""
+        scope = current_scope()
+        blocked = self.enforcing and self.policy.unknown_endpoint == "block"
+        reason = f"endpoint {endpoint.description} is not guarded (unknown_endpoint: {self.policy.unknown_endpoint})"
+        request = LLMRequest(provider=endpoint.provider, price_provider=endpoint.provider, operation="unknown",
+                             model="", stream=False, input_bytes=0, input_items=0, input_images=0,
+                             max_output_tokens=None, server_address=endpoint.server_address)
+        span = self.telemetry.start_call(request, scope)
+        body = {"call_id": uuid.uuid4().hex, "scope": scope.as_dict(), "policy": self._policy_ref,
+                "action": "block" if blocked else "allow", "reason": reason, "provider": endpoint.provider,
+                "operation": endpoint.description, "unknown_endpoint": True, "degraded": not blocked}
+        receipt: dict[str, Any] | None
+        try:
+            receipt = self._sign("decision", body, span)
+        except (OSError, ValueError, TypeError) as exc:
+            logger.error("agentguard: could not write the decision receipt of an unguarded request: %s", exc)
+            if self.policy.failure_mode == "closed":
+                blocked = True  # no request may pass unrecorded in closed mode
+            receipt = None
+        if blocked:
+            error = AgentGuardBlocked(action="block", reason=reason, cap=None, scope=scope.as_dict(),
+                                      receipt_hash=receipt.get("hash") if receipt else None)
+            span.fail(BLOCKED_ERROR_TYPE, reason)
+            raise error
+        logger.warning("agentguard: %s; let through (degraded)", reason)
+        span.end()
 
     def unreadable(self, exc: BaseException) -> None:
         """An adapter could not read a request it recognised: blocked in enforce mode, sent as it
@@ -456,6 +485,19 @@ class Guard:
         return receipt
 
 
+class Refusal:
+    """Stands in for the guard when none could be built (zero-code startup with a bad policy, ledger
+    URL, key or missing driver): every request an adapter recognises is blocked, naming the error."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.reason = (f"the guard is not configured ({type(error).__name__}: {error}); no LLM call is "
+                       "sent until the configuration is fixed")
+
+    def refuse(self) -> NoReturn:
+        raise AgentGuardBlocked(action="block", reason=self.reason, cap=None, scope=current_scope().as_dict(),
+                                receipt_hash=None)
+
+
 class GuardedCall:
     """A decided call in flight: settles exactly once, however it ends, and never raises doing so."""
 
@@ -676,4 +718,4 @@ def _usage_dict(usage: TokenUsage | None) -> dict[str, int] | None:
     }
 
 
-__all__ = ["Decision", "Guard", "GuardedCall", "counter_key"]
+__all__ = ["Decision", "Guard", "GuardedCall", "Refusal", "counter_key"]

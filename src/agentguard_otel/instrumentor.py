@@ -24,7 +24,8 @@ from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from agentguard_otel import config, scope
-from agentguard_otel.guard import Guard
+from agentguard_otel.errors import ConfigError
+from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.ledger import open_ledger
 from agentguard_otel.policy import load_policy
 from agentguard_otel.pricing import PriceBook
@@ -38,7 +39,9 @@ logger = logging.getLogger(__name__)
 class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Spend governance for LLM SDK calls; see the package README for arguments."""
 
-    _guard: Guard | None = None
+    _guard: Guard | Refusal | None = None
+    _settings: config.Settings | None = None
+    _zero_code = False
     _hooks: list[Hook]
     _waiting: list[tuple[str, Callable[[ModuleType], None]]]
 
@@ -48,21 +51,33 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     @property
     def guard(self) -> Guard | None:
-        """The active guard (None when not instrumented)."""
-        return self._guard
+        """The active guard (None when not instrumented, or refusing every call for a bad configuration)."""
+        return self._guard if isinstance(self._guard, Guard) else None
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """As ``BaseInstrumentor.instrument``; a second call with other settings raises instead of
+        being ignored (the first, perhaps laxer, guard would silently stay)."""
+        if self._is_instrumented_by_opentelemetry:
+            if self._settings is not None and config.resolve(kwargs) != self._settings:
+                raise ConfigError("agentguard is already instrumented with other settings; "
+                                  "call uninstrument() first")
+            return None
+        # opentelemetry-instrument (zero-code) passes skip_dep_check; there an error raised here would
+        # be logged at DEBUG and the app would run unguarded, so the SDKs are patched to refuse instead.
+        self._zero_code = kwargs.get("skip_dep_check") is True
+        return super().instrument(**kwargs)
 
     def _instrument(self, **kwargs: Any) -> None:
-        settings = config.resolve(kwargs)
-        policy = load_policy(settings.policy)
-        prices = PriceBook(overrides=settings.pricing, catalog_dir=settings.catalog_dir)
-        key = config.signing_key(settings.signing_key)
-        ledger = open_ledger(settings.ledger)
-        telemetry = Telemetry(kwargs.get("tracer_provider"), kwargs.get("meter_provider"),
-                              kwargs.get("logger_provider"))
-        receipts = ReceiptWriter(settings.receipts, key, on_checkpoint=telemetry.emit_receipt)
-        scope.set_defaults(settings.scope_defaults)
-        self._guard = Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry)
-        logger.info("agentguard: ledger %s, receipts in %s", ledger.location, settings.receipts)
+        zero_code = self._zero_code
+        try:
+            self._settings = config.resolve(kwargs)
+            self._guard = _build_guard(self._settings, kwargs)
+        except Exception as exc:
+            if not zero_code:
+                raise
+            self._settings = None
+            self._guard = Refusal(exc)
+            print(f"agentguard: {self._guard.reason}", file=sys.stderr)
         self._hooks = []
         self._waiting = []
         for module, trigger in INTEGRATION_MODULES:
@@ -93,9 +108,21 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._close()
 
     def _close(self) -> None:
-        guard, self._guard = self._guard, None
-        if guard is not None:
+        guard, self._guard, self._settings = self._guard, None, None
+        if isinstance(guard, Guard):
             guard.close()  # calls still in flight settle first, then the writer and ledger close
+
+
+def _build_guard(settings: config.Settings, kwargs: dict[str, Any]) -> Guard:
+    policy = load_policy(settings.policy)
+    prices = PriceBook(overrides=settings.pricing, catalog_dir=settings.catalog_dir)
+    key = config.signing_key(settings.signing_key)
+    ledger = open_ledger(settings.ledger)
+    telemetry = Telemetry(kwargs.get("tracer_provider"), kwargs.get("meter_provider"), kwargs.get("logger_provider"))
+    receipts = ReceiptWriter(settings.receipts, key, on_checkpoint=telemetry.emit_receipt)
+    scope.set_defaults(settings.scope_defaults)
+    logger.info("agentguard: ledger %s, receipts in %s", ledger.location, settings.receipts)
+    return Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry)
 
 
 def _supported(module: str, trigger: str) -> bool:

@@ -20,8 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from agentguard_otel.call import LLMRequest, RequestChanges, ResponseInfo
-from agentguard_otel.guard import Guard, GuardedCall
+from agentguard_otel.call import LLMRequest, RequestChanges, ResponseInfo, UnknownEndpoint
+from agentguard_otel.guard import Guard, GuardedCall, Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +85,17 @@ class _Correction:
         """Nothing is held for a follow-up."""
 
 
-Classified = Exchange | FollowUp | None
+Classified = Exchange | FollowUp | UnknownEndpoint | None  # None: a free request (listed as such)
 
 
-def run(guard: Guard | None, classify: Callable[[], Classified], send: Callable[..., Any],
+def run(guard: Guard | Refusal | None, classify: Callable[[], Classified], send: Callable[..., Any],
         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard one synchronous SDK request."""
     if guard is None:
+        return send(*args, **kwargs)
+    if isinstance(guard, Refusal):
+        if _needs_guard(classify):
+            guard.refuse()
         return send(*args, **kwargs)
     begun = _begin(guard, classify)
     if isinstance(begun, FollowUp):
@@ -108,7 +112,7 @@ def run(guard: Guard | None, classify: Callable[[], Classified], send: Callable[
     return _observe(exchange, call, result)
 
 
-async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Classified]],
+async def run_async(guard: Guard | Refusal | None, classify: Callable[[], Awaitable[Classified]],
                     send: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard one asynchronous SDK request. A remote ledger is a network round trip: its work runs in
     a worker thread (the context, and so the scope, goes with it) so the event loop keeps serving."""
@@ -117,8 +121,17 @@ async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Classi
     try:
         exchange = await classify()
     except Exception as exc:
+        if isinstance(guard, Refusal):
+            guard.refuse()
         guard.unreadable(exc)  # raises in enforce mode
         exchange = None
+    if isinstance(guard, Refusal):
+        if exchange is not None:
+            guard.refuse()
+        return await send(*args, **kwargs)
+    if isinstance(exchange, UnknownEndpoint):
+        guard.unguarded(exchange)  # raises when blocked
+        return await send(*args, **kwargs)
     if exchange is None:
         return await send(*args, **kwargs)
     offload = guard.ledger.remote
@@ -140,11 +153,22 @@ async def run_async(guard: Guard | None, classify: Callable[[], Awaitable[Classi
     return _observe(exchange, call, result)
 
 
+def _needs_guard(classify: Callable[[], Classified]) -> bool:
+    """Whether a request is anything but a listed free one (an unreadable one needs a guard too)."""
+    try:
+        return classify() is not None
+    except Exception:
+        return True
+
+
 def _begin(guard: Guard, classify: Callable[[], Classified]) -> tuple[Exchange, GuardedCall] | FollowUp | None:
     try:
         exchange = classify()
     except Exception as exc:
         guard.unreadable(exc)  # raises in enforce mode
+        return None
+    if isinstance(exchange, UnknownEndpoint):
+        guard.unguarded(exchange)  # raises when blocked
         return None
     if exchange is None or isinstance(exchange, FollowUp):
         return exchange

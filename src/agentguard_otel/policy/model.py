@@ -239,6 +239,10 @@ class Policy(BaseModel):
         default="block",
         description="A model without a known price: block it, or allow it at unknown_model_price.")
     unknown_model_price: UnknownModelPrice = Field(default_factory=UnknownModelPrice)
+    unknown_endpoint: Literal["block", "allow"] = Field(
+        default="block",
+        description="A request no adapter can price (a new or unpriced API, batches, fine-tuning...): block it "
+                    "in enforce mode, or allow it with a degraded decision receipt.")
     estimation: Literal["strict", "expected"] = Field(
         default="strict", description="strict: reserve a proven upper bound; expected: a best guess.")
     failure_mode: Literal["closed", "open"] = Field(

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from agentguard_otel.guard import Guard
+    from agentguard_otel.guard import Guard, Refusal
 
-GuardRef = Callable[[], "Guard | None"]
+GuardRef = Callable[[], "Guard | Refusal | None"]
 
 
 class Hook(Protocol):

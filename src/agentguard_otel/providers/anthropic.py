@@ -1,6 +1,7 @@
 """Anthropic SDK adapter: the Messages API (``messages`` and ``beta.messages``), any ``base_url``.
 
-``/v1/messages/count_tokens`` is not an LLM call (it costs nothing) and stays unguarded.
+``/v1/messages/count_tokens`` and file uploads cost nothing; message batches, the legacy
+``/v1/complete`` and anything else the table does not list are unknown endpoints.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         fallback_models_field=FALLBACKS_FIELD,
     ),
 }
+
+FREE = ("/v1/messages/count_tokens", "/v1/files", "/v1/messages/batches/*/cancel")
 
 USAGE = UsageFields(
     input=("input_tokens",),
@@ -123,6 +126,7 @@ class MessagesReader:
 class AnthropicAdapter(StainlessAdapter):
     module = "anthropic"
     endpoints = ENDPOINTS
+    free = FREE
 
     def __init__(self) -> None:
         utils = importlib.import_module("anthropic._utils")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from agentguard_otel.call import MalformedResponse
 from agentguard_otel.pricing import TokenUsage
@@ -23,6 +24,30 @@ def get_path(obj: Any, path: Path) -> Any:
             return None
         obj = obj.get(part) if isinstance(obj, Mapping) else getattr(obj, part, None)
     return obj
+
+
+def normalise_path(path: str) -> str:
+    """A URL path as a server resolves it: percent-decoded, empty and dot segments resolved, no
+    trailing slash. Endpoint tables are matched against this, so no spelling slips past them."""
+    segments: list[str] = []
+    for segment in unquote(path.split("?", 1)[0]).split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+def ends_with(path: str, pattern: str) -> bool:
+    """Whether a normalised path ends with a pattern's segments (``*`` stands for any one segment),
+    so a table entry matches under any base path (``/v1``, ``/api/v1``, a proxy's prefix)."""
+    have, want = path.strip("/").split("/"), pattern.strip("/").split("/")
+    if len(want) > len(have):
+        return False
+    return all(w in ("*", h) for w, h in zip(want, have[len(have) - len(want):], strict=True))
 
 
 def caused_by(exc: BaseException, names: frozenset[str]) -> bool:

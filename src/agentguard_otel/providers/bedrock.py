@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from agentguard_otel.call import LLMRequest, MalformedResponse, RequestChanges, ResponseInfo
+from agentguard_otel.call import LLMRequest, MalformedResponse, RequestChanges, ResponseInfo, UnknownEndpoint
 from agentguard_otel.lifecycle import Settler, run
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Integration
@@ -308,13 +308,37 @@ def _timeout_seconds(client: Any) -> float | None:
     return seconds * max(attempts, 1)
 
 
+# Every Bedrock service is classified: its LLM operations are priced, reads and the operations
+# below are free, anything else (agents, knowledge-base generation, batch and async invocations,
+# provisioned throughput, customization jobs, guardrail evaluation...) is an unknown endpoint.
+BEDROCK_SERVICES = frozenset({"bedrock", "bedrock-runtime", "bedrock-agent", "bedrock-agent-runtime",
+                              "bedrock-data-automation", "bedrock-data-automation-runtime"})
+_FREE_PREFIXES = ("Get", "List", "Describe")
+FREE_OPERATIONS = frozenset({"CountTokens", "TagResource", "UntagResource", "StopModelInvocationJob",
+                             "DeleteAgentMemory", "EndSession", "CreateSession", "UpdateSession",
+                             "DeleteSession", "CreateInvocation", "PutInvocationStep"})
+
+
+def classify(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prepared | UnknownEndpoint | None:
+    """A Bedrock operation as the guard sees it: a priced LLM call, an unknown endpoint, or None
+    (free, or not a Bedrock service at all)."""
+    service = get_path(client, ("meta", "service_model", "service_name"))
+    if service not in BEDROCK_SERVICES:
+        return None
+    if operation_name.startswith(_FREE_PREFIXES) or operation_name in FREE_OPERATIONS:
+        return None
+    prepared = prepare(client, operation_name, params) if service == SERVICE else None
+    if prepared is not None:
+        return prepared
+    reason = "" if operation_name not in OPERATIONS else " without a readable model id"
+    return UnknownEndpoint(PROVIDER, f"{service} {operation_name}{reason}", _server(client)[0])
+
+
 def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prepared | None:
-    """Recognise a guarded Bedrock call and describe it; None for anything else."""
+    """Describe a Bedrock Runtime LLM call; None for anything else."""
     operation = OPERATIONS.get(operation_name)
     model_id = params.get("modelId")
     if operation is None or not isinstance(model_id, str):
-        return None
-    if get_path(client, ("meta", "service_model", "service_name")) != SERVICE:
         return None
     copy = dict(params)
     raw: Any = None
@@ -374,12 +398,12 @@ class BedrockHook:
 
     def _call(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Any:
-        def classify() -> BedrockExchange | None:
+        def classified() -> BedrockExchange | UnknownEndpoint | None:
             operation_name, params = _arguments(*args, **kwargs)
-            prepared = prepare(instance, operation_name, params)
-            return BedrockExchange(operation_name, prepared) if prepared is not None else None
+            found = classify(instance, operation_name, params)
+            return BedrockExchange(operation_name, found) if isinstance(found, Prepared) else found
 
-        return run(self._guard(), classify, wrapped, args, kwargs)
+        return run(self._guard(), classified, wrapped, args, kwargs)
 
 
 class BedrockExchange:

@@ -67,6 +67,26 @@ ENDPOINTS: Mapping[str, Endpoint] = {
 MAX_REPORTED_COST_NANO = 2**53  # $9 million for one call: beyond it, not a real bill (and no ledger holds it)
 
 
+# POSTs that bill no tokens. Everything else the table does not list is an unknown endpoint: images,
+# audio, batches, fine-tuning, assistants runs, videos, vector stores... are refused in enforce mode.
+FREE = (
+    "/moderations",
+    "/responses/input_tokens",
+    "/responses/*/cancel",
+    "/chat/completions/*",  # update a stored completion's metadata
+    "/files",
+    "/uploads",
+    "/uploads/*/parts",
+    "/uploads/*/complete",
+    "/uploads/*/cancel",
+    "/batches/*/cancel",
+    "/fine_tuning/jobs/*/cancel",
+    "/conversations",
+    "/conversations/*",
+    "/conversations/*/items",
+)
+
+
 def provider_cost_nano(usage: Any) -> int | None:
     """OpenRouter reports what it billed as ``usage.cost`` (USD); that figure is the actual cost.
     A cost that is not a non-negative amount a ledger can hold is malformed."""
@@ -188,6 +208,7 @@ class EmbeddingsReader(_Reader):
 class OpenAIAdapter(StainlessAdapter):
     module = "openai"
     endpoints = ENDPOINTS
+    free = FREE
 
     def provider(self, client: Any) -> tuple[str, str]:
         host = str(getattr(getattr(client, "base_url", None), "host", ""))

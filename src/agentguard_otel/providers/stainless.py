@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import json
 import logging
 import threading
 import time
@@ -19,14 +20,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from agentguard_otel.call import LLMRequest, RequestChanges
-from agentguard_otel.lifecycle import FollowUp, Settler, run, run_async
+from agentguard_otel.call import LLMRequest, RequestChanges, UnknownEndpoint
+from agentguard_otel.guard import Guard
+from agentguard_otel.lifecycle import Classified, FollowUp, Settler, run, run_async
 from agentguard_otel.providers import GuardRef
-from agentguard_otel.providers.base import InputMeasure, caused_by, get_path, measure_input
+from agentguard_otel.providers.base import (
+    InputMeasure,
+    caused_by,
+    ends_with,
+    get_path,
+    measure_input,
+    normalise_path,
+)
 from agentguard_otel.providers.stream import (
     BodyObserver,
     BodyReader,
@@ -70,7 +80,8 @@ class StainlessAdapter(ABC):
     """Provider knowledge for one Stainless SDK; knows nothing of ledgers or receipts."""
 
     module: str  # top-level package, e.g. "openai"
-    endpoints: Mapping[str, Endpoint]
+    endpoints: Mapping[str, Endpoint]  # LLM operations by path (POST)
+    free: tuple[str, ...]  # POST paths that cost nothing (``*``: one segment); GET, HEAD, DELETE are free
 
     @abstractmethod
     def provider(self, client: Any) -> tuple[str, str]:
@@ -183,19 +194,33 @@ class StainlessHook:
 
     # -- request side -----------------------------------------------------------------------
 
-    def _endpoint(self, options: Any) -> tuple[str, Endpoint] | None:
-        if str(getattr(options, "method", "")).lower() != "post":
+    def _route(self, client: Any, options: Any) -> tuple[str, Endpoint] | str | None:
+        """Where a request goes, read from the URL the SDK will send (relative or absolute, any
+        spelling): (table path, endpoint) for an LLM call, None for a free request, and otherwise
+        its description: an endpoint no table lists is unknown, never free."""
+        method = str(getattr(options, "method", "")).upper()
+        path = normalise_path(_sent_path(client, str(getattr(options, "url", ""))))
+        if method in _FREE_METHODS:
             return None
-        path = str(getattr(options, "url", "")).split("?", 1)[0]  # e.g. the beta namespace's "?beta=true"
-        endpoint = self.adapter.endpoints.get(path)
-        return (path, endpoint) if endpoint is not None else None
+        if method == "POST":
+            listed = [p for p in self.adapter.endpoints if ends_with(path, p)]
+            if listed:
+                table_path = max(listed, key=len)  # /chat/completions, not /completions
+                return table_path, self.adapter.endpoints[table_path]
+            if any(ends_with(path, free) for free in self.adapter.free):
+                return None
+        return f"{method} {path}"
 
-    def _prepare(self, client: Any, options: Any, stream: bool) -> Prepared | None:
-        found = self._endpoint(options)
-        if found is None:
+    def _unknown(self, client: Any, description: str) -> UnknownEndpoint:
+        return UnknownEndpoint(self.adapter.provider(client)[0], description,
+                               getattr(getattr(client, "base_url", None), "host", None))
+
+    def _prepare(self, client: Any, options: Any, stream: bool, route: tuple[str, Endpoint]) -> Prepared | None:
+        """The LLM request, or None when its body cannot be read (then it is an unknown request)."""
+        path, endpoint = route
+        body = _body(options)
+        if body is None:
             return None
-        path, endpoint = found
-        body: dict[str, Any] = {**(options.json_data or {}), **(options.extra_json or {})}
         model = body.get("model")
         if not isinstance(model, str):
             return None
@@ -264,12 +289,20 @@ class StainlessHook:
             return options, False
         extra = dict(options.extra_json or {})
         json_data = dict(options.json_data or {})
+        raw = options.json_data is None  # the body came as raw ``content`` bytes: rewrite those
         for name, value in updates.items():
             (extra if name in extra else json_data)[name] = value
         for name in removals:
             extra.pop(name, None)
             json_data.pop(name, None)
         copy = options.model_copy()
+        if raw:
+            merged = {**prepared.body, **json_data}
+            for name in removals:
+                merged.pop(name, None)
+            copy.content = json.dumps(merged).encode("utf-8")
+            copy.extra_json = None
+            return copy, hide_usage
         copy.json_data = json_data
         copy.extra_json = extra if options.extra_json is not None or extra else None
         return copy, hide_usage
@@ -278,27 +311,33 @@ class StainlessHook:
 
     def _sync(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Any:
-        def classify() -> StainlessExchange | StainlessFollowUp | None:
+        def classify() -> Classified:
             options = _options(args, kwargs)
-            if self._endpoint(options) is None:
+            route = self._route(instance, options)
+            if route is None:
                 return self._follow_up(options, observe_sync)
+            if isinstance(route, str):
+                return self._unknown(instance, route)
             for name in ("json_data", "extra_json"):
                 if getattr(options, name, None) is not None:
                     setattr(options, name, self.adapter.prepare_body(getattr(options, name)))
-            return self._exchange(instance, options, args, kwargs, observe_sync)
+            return self._exchange(instance, options, route, args, kwargs, observe_sync)
 
         return run(self._guard(), classify, wrapped, args, kwargs)
 
     async def _async(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        async def classify() -> StainlessExchange | StainlessFollowUp | None:
+        async def classify() -> Classified:
             options = _options(args, kwargs)
-            if self._endpoint(options) is None:
+            route = self._route(instance, options)
+            if route is None:
                 return self._follow_up(options, observe_async)
+            if isinstance(route, str):
+                return self._unknown(instance, route)
             for name in ("json_data", "extra_json"):
                 if getattr(options, name, None) is not None:
                     setattr(options, name, await self.adapter.prepare_body_async(getattr(options, name)))
-            return self._exchange(instance, options, args, kwargs, observe_async)
+            return self._exchange(instance, options, route, args, kwargs, observe_async)
 
         return await run_async(self._guard(), classify, wrapped, args, kwargs)
 
@@ -306,19 +345,20 @@ class StainlessHook:
         """A GET of a result the guard settled before it was known (a background response)."""
         if str(getattr(options, "method", "")).lower() != "get":
             return None
-        found = self.adapter.result_reader(str(getattr(options, "url", "")).split("?", 1)[0])
+        found = self.adapter.result_reader(normalise_path(str(getattr(options, "url", ""))))
         guard = self._guard()
-        if found is None or guard is None or not guard.awaits(found[0]):
+        if found is None or not isinstance(guard, Guard) or not guard.awaits(found[0]):
             return None
         return StainlessFollowUp(self.adapter, found[0], found[1], install)
 
-    def _exchange(self, client: Any, options: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  install: Callable[[Any, BodyObserver], None]) -> StainlessExchange | None:
-        prepared = self._prepare(client, options, bool(kwargs.get("stream", False)))
+    def _exchange(self, client: Any, options: Any, route: tuple[str, Endpoint], args: tuple[Any, ...],
+                  kwargs: dict[str, Any], install: Callable[[Any, BodyObserver], None]
+                  ) -> StainlessExchange | UnknownEndpoint:
+        prepared = self._prepare(client, options, bool(kwargs.get("stream", False)), route)
         if prepared is None:
-            return None
+            return self._unknown(client, f"POST {route[0]} with a body the guard cannot read")
         guard = self._guard()
-        check = guard.policy.credit_check if guard is not None else None
+        check = guard.policy.credit_check if isinstance(guard, Guard) else None
         if check is not None:
             prepared = replace(prepared, request=replace(prepared.request, credit_remaining_nano=self._credit_remaining(
                 client, check.interval_seconds)))
@@ -346,6 +386,41 @@ class StainlessHook:
 
 def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[1] if len(args) > 1 else kwargs.get("options")
+
+
+_FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads and deletions bill no tokens
+
+
+def _sent_path(client: Any, url: str) -> str:
+    """The path of the URL the SDK will send: a relative ``url`` joined to the client's base URL
+    as the SDK joins it (``_prepare_url``), an absolute one as it is."""
+    prepare = getattr(client, "_prepare_url", None)
+    try:
+        full = prepare(url) if prepare is not None else None
+    except Exception:
+        full = None
+    raw = getattr(full, "raw_path", None)
+    if isinstance(raw, bytes):
+        return raw.decode("ascii", "replace")
+    return urlsplit(url).path
+
+
+def _body(options: Any) -> dict[str, Any] | None:
+    """The JSON body the SDK will send, from ``json_data`` (and ``extra_json``) or raw ``content``
+    bytes; None for anything else (a stream of bytes, files, not a JSON object)."""
+    data = getattr(options, "json_data", None)
+    if data is None:
+        content = getattr(options, "content", None)
+        if isinstance(content, (bytes, bytearray)):
+            try:
+                data = json.loads(content)
+            except ValueError:
+                return None
+        elif content is not None or getattr(options, "files", None):
+            return None
+    if data is not None and not isinstance(data, Mapping):
+        return None
+    return {**(data or {}), **(getattr(options, "extra_json", None) or {})}
 
 
 class StainlessExchange:
