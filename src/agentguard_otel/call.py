@@ -41,6 +41,7 @@ class LLMRequest:
     timeout_seconds: float | None = None  # the SDK's own timeout for this call, for hold expiry
     fallback_models: tuple[str, ...] = ()  # other models that may answer (OpenRouter ``models``)
     credit_remaining_nano: int | None = None  # the key's remaining credit, when asked for and reported
+    deployment: str | None = None  # the provider routes by this name, not by ``model`` (an Azure deployment)
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,9 @@ class Guard:
     def begin(self, request: LLMRequest) -> GuardedCall:
         """Decide the call and place its hold; raises :class:`AgentGuardBlocked` when blocked."""
         scope = current_scope()
+        if request.deployment is not None:
+            # The deployment decides which model answers: price and allow-list what it serves.
+            request = replace(request, model=self.policy.azure_deployments.get(request.deployment, request.deployment))
         span = self.telemetry.start_call(request, scope)
         try:
             decision = self._decide(request, scope)
@@ -346,6 +349,13 @@ class Guard:
     def _decision(self, plan: _Plan, outcome: _Outcome, pricing: _Pricing, reservation: Reservation | None = None,
                   would: Action | None = None, degraded: bool = False) -> Decision:
         request = plan.request
+        if outcome.action == "downgrade" and request.deployment is not None:
+            # rewriting the model does not move a call off its deployment: it cannot be downgraded
+            if reservation is not None and reservation.hold_id is not None:
+                self.ledger.release(reservation.hold_id)
+            outcome = replace(outcome, action="block", reason=f"{outcome.reason}; a call routed by the deployment "
+                              f"{request.deployment} cannot be downgraded, so it is blocked")
+            reservation = None
         admitted = outcome.action != "block"
         changes = RequestChanges(model=pricing.model if pricing.model != request.model else None,
                                  max_output_tokens=plan.clamp,
@@ -467,6 +477,7 @@ class Guard:
             "cap": d.cap.describe() if d.cap else None,
             "provider": request.provider,
             "operation": request.operation,
+            "deployment": request.deployment,
             "stream": request.stream,
             "model_requested": d.model_requested,
             "model_effective": d.model_effective,

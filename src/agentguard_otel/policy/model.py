@@ -252,6 +252,10 @@ class Policy(BaseModel):
     default_max_output_tokens: PositiveInt = Field(
         default=4096,
         description="Injected when caps apply and neither a rule nor the request bounds the output.")
+    azure_deployments: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description="Azure OpenAI deployment name -> the model it serves. A deployment not listed is priced "
+                    "and allow-listed as its own name (a known model id), or else follows unknown_model.")
     credit_check: CreditCheck | None = Field(
         default=None, description="Block calls while the provider key's remaining credit is below a minimum.")
     rules: list[Rule] = Field(default_factory=list)

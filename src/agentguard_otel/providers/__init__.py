@@ -22,6 +22,21 @@ class Hook(Protocol):
     def uninstrument(self) -> None: ...
 
 
+class Hooks:
+    """Several hooks of one SDK, patched and unpatched together."""
+
+    def __init__(self, *hooks: Hook) -> None:
+        self._hooks = hooks
+
+    def instrument(self) -> None:
+        for hook in self._hooks:
+            hook.instrument()
+
+    def uninstrument(self) -> None:
+        for hook in reversed(self._hooks):
+            hook.uninstrument()
+
+
 @dataclass(frozen=True)
 class Integration:
     requirement: str  # the SDK versions the adapter supports, e.g. "openai >= 1.60"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from agentguard_otel.call import MalformedResponse, ResponseInfo
+import wrapt
+from opentelemetry.instrumentation.utils import unwrap
+
+from agentguard_otel.call import MalformedResponse, ResponseInfo, UnknownEndpoint
+from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.money import usd_to_nano
-from agentguard_otel.providers import Integration
+from agentguard_otel.providers import GuardRef, Hooks, Integration
 from agentguard_otel.providers.base import UsageFields, get_path
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
@@ -219,6 +225,19 @@ class OpenAIAdapter(StainlessAdapter):
     def is_image(self, part: Mapping[str, Any]) -> bool:
         return part.get("type") in ("image_url", "input_image", "image_file")
 
+    def deployment(self, client: Any, body: Mapping[str, Any]) -> str | None:
+        """Azure OpenAI routes by deployment: the client's ``azure_deployment``, a ``/deployments/X``
+        base URL, or else the body's ``model`` used as the deployment name."""
+        if not hasattr(client, "_azure_deployment"):
+            return None
+        if client._azure_deployment:
+            return str(client._azure_deployment)
+        parts = str(getattr(getattr(client, "base_url", None), "path", "")).strip("/").split("/")
+        if "deployments" in parts[:-1]:
+            return parts[parts.index("deployments") + 1]
+        model = body.get("model")
+        return model if isinstance(model, str) else None
+
     def inject_field(self, endpoint: Endpoint, client: Any) -> str:
         if endpoint.operation == "chat" and endpoint.max_output_fields[0] == "max_completion_tokens":
             host = str(getattr(getattr(client, "base_url", None), "host", ""))
@@ -251,4 +270,56 @@ class OpenAIAdapter(StainlessAdapter):
         return usd_to_nano(repr(remaining) if isinstance(remaining, float) else str(remaining))
 
 
-INTEGRATION = Integration("openai >= 1.60", lambda guard: StainlessHook(OpenAIAdapter(), guard))
+# Modules whose ``*ConnectionManager`` classes open WebSocket sessions (Responses ``connect()``,
+# Realtime, their beta twins): LLM calls travel there as events the HTTP choke point never sees.
+SESSION_MODULES = ("openai.resources.responses.responses", "openai.resources.realtime.realtime",
+                   "openai.resources.beta.responses.responses", "openai.resources.beta.realtime.realtime")
+
+
+class SessionHook:
+    """Every WebSocket session is an unknown endpoint: refused in enforce mode when it is opened
+    (``__enter__``, ``__aenter__`` and their ``enter`` aliases), recorded as degraded otherwise."""
+
+    def __init__(self, guard: GuardRef) -> None:
+        self._guard = guard
+        self._wrapped: list[tuple[type, str]] = []
+
+    def instrument(self) -> None:
+        for name in SESSION_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue  # an SDK version without this API
+            for cls in vars(module).values():
+                if not (isinstance(cls, type) and cls.__name__.endswith("ConnectionManager")):
+                    continue
+                for method in ("__enter__", "__aenter__", "enter"):
+                    if method in vars(cls):
+                        wrapper = self._aenter if inspect.iscoroutinefunction(vars(cls)[method]) else self._enter
+                        wrapt.wrap_function_wrapper(cls, method, wrapper)
+                        self._wrapped.append((cls, method))
+
+    def uninstrument(self) -> None:
+        for cls, method in self._wrapped:
+            unwrap(cls, method)
+        self._wrapped = []
+
+    def _check(self, instance: Any) -> None:
+        guard = self._guard()
+        if isinstance(guard, Refusal):
+            guard.refuse()
+        if isinstance(guard, Guard):
+            guard.unguarded(UnknownEndpoint("openai", f"WebSocket session ({type(instance).__name__})"))
+
+    def _enter(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._check(instance)
+        return wrapped(*args, **kwargs)
+
+    async def _aenter(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> Any:
+        self._check(instance)
+        return await wrapped(*args, **kwargs)
+
+
+INTEGRATION = Integration("openai >= 1.60", lambda guard: Hooks(StainlessHook(OpenAIAdapter(), guard),
+                                                                 SessionHook(guard)))

@@ -114,6 +114,11 @@ class StainlessAdapter(ABC):
         """:meth:`prepare_body` for async clients: files are read without blocking the event loop."""
         return data
 
+    def deployment(self, client: Any, body: Mapping[str, Any]) -> str | None:
+        """The name the provider routes this call by instead of its ``model`` (an Azure deployment);
+        None where the body's model is what answers."""
+        return None
+
     def credit_remaining_nano(self, client: Any) -> int | None:
         """The remaining credit of the client's key, where the provider reports it (None: unknown or
         unlimited). Providers without such an endpoint keep this default."""
@@ -257,6 +262,7 @@ class StainlessHook:
             server_port=getattr(url, "port", None),
             timeout_seconds=_timeout_seconds(client, options),
             fallback_models=fallbacks,
+            deployment=self.adapter.deployment(client, body),
         )
         return Prepared(request, endpoint, path, body)
 
