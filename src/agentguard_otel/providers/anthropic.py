@@ -31,7 +31,21 @@ ENDPOINTS: Mapping[str, Endpoint] = {
     ),
 }
 
-FREE = ("/v1/messages/count_tokens", "/v1/files", "/v1/messages/batches/*/cancel")
+FREE = (
+    "/v1/messages/count_tokens", "/v1/files", "/v1/messages/batches/*/cancel",
+    "/v1/organizations/**", "/v1/skills", "/v1/skills/*/versions", "/v1/vaults/**", "/v1/user_profiles/**",
+    "/v1/memory_stores/**", "/v1/tunnels/**", "/v1/compliance/**",
+    "/v1/agents", "/v1/agents/*", "/v1/agents/*/archive", "/v1/environments", "/v1/environments/*",
+    "/v1/environments/*/archive", "/v1/environments/*/work/*/stop", "/v1/deployments", "/v1/deployments/*",
+    "/v1/deployments/*/archive", "/v1/deployments/*/pause", "/v1/sessions/*/archive",
+    "/v1/sessions/*/threads/*/archive", "/v1/dreams/*/archive", "/v1/dreams/*/cancel",
+)
+# Paid POSTs the guard cannot price yet (unknown endpoints, refused in enforce mode).
+REFUSED = (
+    "/v1/messages/batches", "/v1/complete", "/v1/sessions", "/v1/sessions/*", "/v1/sessions/*/events",
+    "/v1/sessions/*/resources/**", "/v1/deployments/*/run", "/v1/deployments/*/unpause", "/v1/dreams",
+    "/v1/environments/*/work/**",
+)
 
 USAGE = UsageFields(
     input=("input_tokens",),
@@ -127,6 +141,7 @@ class AnthropicAdapter(StainlessAdapter):
     module = "anthropic"
     endpoints = ENDPOINTS
     free = FREE
+    refused = REFUSED
 
     def __init__(self) -> None:
         utils = importlib.import_module("anthropic._utils")

@@ -50,6 +50,16 @@ def ends_with(path: str, pattern: str) -> bool:
     return all(w in ("*", h) for w, h in zip(want, have[len(have) - len(want):], strict=True))
 
 
+def matches(path: str, pattern: str) -> bool:
+    """Whether a normalised path is a pattern: ``*`` stands for one segment, a trailing ``**`` for
+    any number of them (a whole family of paths, e.g. ``/organization/**``)."""
+    have, want = path.strip("/").split("/"), pattern.strip("/").split("/")
+    if want[-1] == "**":
+        want = want[:-1]
+        have = have[:len(want)]
+    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have, strict=True))
+
+
 def caused_by(exc: BaseException, names: frozenset[str]) -> bool:
     """Whether ``exc`` or an exception it was raised from has one of these class names (SDKs wrap
     their transport's errors; matching names keeps adapters free of transport imports)."""

@@ -313,10 +313,21 @@ def _timeout_seconds(client: Any) -> float | None:
 # provisioned throughput, customization jobs, guardrail evaluation...) is an unknown endpoint.
 BEDROCK_SERVICES = frozenset({"bedrock", "bedrock-runtime", "bedrock-agent", "bedrock-agent-runtime",
                               "bedrock-data-automation", "bedrock-data-automation-runtime"})
-_FREE_PREFIXES = ("Get", "List", "Describe")
-FREE_OPERATIONS = frozenset({"CountTokens", "TagResource", "UntagResource", "StopModelInvocationJob",
-                             "DeleteAgentMemory", "EndSession", "CreateSession", "UpdateSession",
-                             "DeleteSession", "CreateInvocation", "PutInvocationStep"})
+_FREE_PREFIXES = ("Get", "List", "Describe", "Delete", "BatchDelete", "Stop", "Cancel", "End", "Archive",
+                  "Deregister", "Export", "TagResource", "UntagResource")
+FREE_OPERATIONS = frozenset({"CountTokens", "CreateSession", "UpdateSession", "CreateInvocation", "PutInvocationStep",
+                             "CreateGuardrail", "CreateGuardrailVersion", "UpdateGuardrail", "CreateProject",
+                             "UpdateProject", "PutModelInvocationLoggingConfiguration", "PutResourcePolicy"})
+# Paid operations the guard cannot price yet (unknown endpoints, refused in enforce mode). The control
+# plane's other Create/Start/Put/Update/Register operations (jobs, deployments, provisioned throughput,
+# agreements, data retention...) are refused the same way.
+REFUSED_OPERATIONS = frozenset({
+    "ApplyGuardrail", "InvokeGuardrailChecks", "InvokeModelWithBidirectionalStream", "StartAsyncInvoke",
+    "AgenticRetrieveStream", "CheckIngestedDocumentAcl", "GenerateQuery", "InvokeAgent", "InvokeFlow",
+    "InvokeInlineAgent", "OptimizePrompt", "Rerank", "Retrieve", "RetrieveAndGenerate", "RetrieveAndGenerateStream",
+    "StartFlowExecution",
+})
+REFUSED_CONTROL_PREFIXES = ("Create", "Start", "Put", "Update", "Register")
 
 
 def classify(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prepared | UnknownEndpoint | None:

@@ -73,23 +73,33 @@ ENDPOINTS: Mapping[str, Endpoint] = {
 MAX_REPORTED_COST_NANO = 2**53  # $9 million for one call: beyond it, not a real bill (and no ledger holds it)
 
 
-# POSTs that bill no tokens. Everything else the table does not list is an unknown endpoint: images,
-# audio, batches, fine-tuning, assistants runs, videos, vector stores... are refused in enforce mode.
+# POSTs that bill no tokens, relative to the API root (``*``: one segment, ``**``: any below).
 FREE = (
-    "/moderations",
-    "/responses/input_tokens",
-    "/responses/*/cancel",
+    "/moderations", "/responses/input_tokens", "/responses/*/cancel",
     "/chat/completions/*",  # update a stored completion's metadata
-    "/files",
-    "/uploads",
-    "/uploads/*/parts",
-    "/uploads/*/complete",
-    "/uploads/*/cancel",
-    "/batches/*/cancel",
-    "/fine_tuning/jobs/*/cancel",
-    "/conversations",
-    "/conversations/*",
-    "/conversations/*/items",
+    "/files", "/uploads", "/uploads/*/parts", "/uploads/*/complete", "/uploads/*/cancel",
+    "/conversations", "/conversations/*", "/conversations/*/items",
+    "/assistants", "/assistants/*", "/threads", "/threads/*", "/threads/*/messages", "/threads/*/messages/*",
+    "/vector_stores", "/vector_stores/*", "/skills", "/skills/*", "/skills/*/versions",
+    "/audio/voice_consents", "/audio/voice_consents/*",
+    "/agents", "/agents/*", "/agents/environments", "/agents/environments/templates",
+    "/agents/environments/templates/*", "/agents/automations/*/pause",
+    "/batches/*/cancel", "/fine_tuning/jobs/*/cancel", "/fine_tuning/jobs/*/pause", "/evals/*/runs/*/cancel",
+    "/threads/*/runs/*/cancel", "/chatkit/sessions/*/cancel", "/vector_stores/*/file_batches/*/cancel",
+    "/realtime/calls/*/hangup", "/realtime/calls/*/reject", "/live/sessions/*/hangup", "/live/sessions/*/reject",
+    "/organization/**", "/projects/**", "/webhook_endpoints/**", "/vaults/**",
+)
+# Paid POSTs the guard cannot price yet: unknown endpoints, refused in enforce mode unless
+# ``unknown_endpoint: allow``. Listed so that the README can say so and a test can tell a new one.
+REFUSED = (
+    "/images/**", "/audio/speech", "/audio/transcriptions", "/audio/translations", "/audio/voices",
+    "/batches", "/fine_tuning/jobs", "/fine_tuning/jobs/*/resume", "/fine_tuning/alpha/**",
+    "/threads/runs", "/threads/*/runs", "/threads/*/runs/*", "/threads/*/runs/*/submit_tool_outputs",
+    "/videos/**", "/vector_stores/*/files/**", "/vector_stores/*/file_batches", "/containers/**",
+    "/evals", "/evals/*", "/evals/*/runs", "/realtime/**", "/chatkit/sessions", "/responses/compact",
+    "/agents/sessions/**", "/agents/automations", "/agents/automations/*", "/agents/automations/*/invocations",
+    "/agents/automations/*/resume", "/agents/environments/*/files", "/live/sessions", "/live/sessions/*/**",
+    "/decisions", "/content_provenance_checks",
 )
 
 
@@ -215,6 +225,7 @@ class OpenAIAdapter(StainlessAdapter):
     module = "openai"
     endpoints = ENDPOINTS
     free = FREE
+    refused = REFUSED
 
     def provider(self, client: Any) -> tuple[str, str]:
         host = str(getattr(getattr(client, "base_url", None), "host", ""))

@@ -34,6 +34,7 @@ from agentguard_otel.providers.base import (
     caused_by,
     ends_with,
     get_path,
+    matches,
     measure_input,
     normalise_path,
 )
@@ -82,6 +83,7 @@ class StainlessAdapter(ABC):
     module: str  # top-level package, e.g. "openai"
     endpoints: Mapping[str, Endpoint]  # LLM operations by path (POST)
     free: tuple[str, ...]  # POST paths that cost nothing (``*``: one segment); GET, HEAD, DELETE are free
+    refused: tuple[str, ...]  # paid POST paths it cannot price: documentation; at run time all unlisted are unknown
 
     @abstractmethod
     def provider(self, client: Any) -> tuple[str, str]:
@@ -208,11 +210,14 @@ class StainlessHook:
         if method in _FREE_METHODS:
             return None
         if method == "POST":
+            # An LLM path is recognised under any prefix; a free one only right under the API root.
             listed = [p for p in self.adapter.endpoints if ends_with(path, p)]
             if listed:
                 table_path = max(listed, key=len)  # /chat/completions, not /completions
                 return table_path, self.adapter.endpoints[table_path]
-            if any(ends_with(path, free) for free in self.adapter.free):
+            root = normalise_path(str(getattr(getattr(client, "base_url", None), "path", "")))
+            relative = path[len(root):] if root != "/" and path.startswith(root + "/") else path
+            if any(matches(relative, free) for free in self.adapter.free):
                 return None
         return f"{method} {path}"
 
