@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentguard_otel import AgentGuardInstrumentor
-from agentguard_otel.demo.server import LocalOpenAIServer
 from agentguard_otel.guard import Guard
 from agentguard_otel.receipts import SigningKey, load_public_keys, verify
+from tests.servers.openai_server import LocalOpenAIServer
 
 
 @dataclass
@@ -131,10 +131,8 @@ def guarded(tmp_path: Path, otel: Telemetry) -> Iterator[GuardFactory]:
             signing_key=str(key_path),
             ledger=ledger or f"sqlite:///{tmp_path / 'ledger.db'}",
             receipts=str(tmp_path / "receipts"),
-            tracer_provider=otel.tracer_provider,
-            meter_provider=otel.meter_provider,
-            logger_provider=otel.logger_provider,
-            **extra,
+            **{"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider,
+               "logger_provider": otel.logger_provider, **extra},
         )
         handle = Guarded(instrumentor, tmp_path, key_path)
         active.append(handle)

@@ -119,9 +119,9 @@ def _client() -> Iterator[openai.OpenAI]:
     if key:
         yield openai.OpenAI(base_url=OPENROUTER_BASE_URL, api_key=key, max_retries=0)
         return
-    from agentguard_otel.demo.server import LocalOpenAIServer
+    from agentguard_otel.demo.server import DemoServer
 
-    with LocalOpenAIServer(openrouter=True) as server:
+    with DemoServer(openrouter=True) as server:
         yield local_openrouter_client(server.base_url)
 
 

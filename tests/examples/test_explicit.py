@@ -7,10 +7,11 @@ from pathlib import Path
 
 import openai
 
-from agentguard_otel.demo.server import LocalOpenAIServer, reply_text
+from agentguard_otel.demo.server import reply_text
 from agentguard_otel.receipts import SigningKey, load_public_keys, verify
 from tests.conftest import Telemetry
 from tests.examples.loader import load_example
+from tests.servers.openai_server import LocalOpenAIServer
 
 explicit = load_example("explicit.py")
 

@@ -18,12 +18,12 @@ import yaml
 
 from agentguard_otel import AgentGuardInstrumentor
 from agentguard_otel.demo.routing import local_openrouter_client
-from agentguard_otel.demo.server import LocalOpenAIServer
 from agentguard_otel.money import NANO_PER_USD
 from agentguard_otel.policy import load_policy
 from agentguard_otel.pricing import PriceBook
 from agentguard_otel.receipts import SigningKey
 from tests.examples.loader import EXAMPLES, load_example
+from tests.servers.openai_server import LocalOpenAIServer
 
 team = load_example("openrouter_team/run.py")
 POLICY_FILE = EXAMPLES / "openrouter_team" / "policy.yaml"

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import openai
 
 from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor
-from agentguard_otel.demo.server import LocalOpenAIServer
+from tests.servers.openai_server import LocalOpenAIServer
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:

@@ -30,9 +30,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
 from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor, scope
-from agentguard_otel.demo.server import LocalOpenAIServer
 from agentguard_otel.receipts import SigningKey
 from tests.grafana.dashboards import Query, label_values_as_promql, load_generator, queries, substitute, variables
+from tests.servers.openai_server import LocalOpenAIServer
 
 POLICY: dict[str, Any] = {
     "version": 1,

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agentguard_otel.demo.server import LocalOpenAIServer
 from agentguard_otel.receipts import SigningKey
 from tests.grafana.dashboards import ROOT, load_generator
 from tests.grafana.test_prometheus_queries import _free_port
+from tests.servers.openai_server import LocalOpenAIServer
 
 APP = """
 import urllib.request

@@ -255,7 +255,7 @@ def test_throttling_releases_the_hold(bedrock: LocalBedrockServer, guarded: Guar
     handle = guarded(ALLOW_ALL)
     c = client(bedrock)
     for run in (_converse, _converse_stream, _invoke("nova"), _invoke_stream("titan")):
-        bedrock.fail_next(429, "ThrottlingException", message="Too many requests")
+        bedrock.fail_next(429, code="ThrottlingException", message="Too many requests")
         with pytest.raises(ClientError) as info:
             run(c)
         assert info.value.response["Error"]["Code"] == "ThrottlingException"

@@ -334,7 +334,7 @@ def test_stream_cut_by_the_network_settles(server: Any, guarded: GuardFactory) -
 
 
 def test_provider_reported_cost_is_the_actual_cost(guarded: GuardFactory) -> None:
-    from agentguard_otel.demo.server import LocalOpenAIServer
+    from tests.servers.openai_server import LocalOpenAIServer
 
     with LocalOpenAIServer(openrouter=True, prices_usd_per_mtok={MODEL: ("0.15", "0.60")}) as srv:
         handle = guarded(ALLOW_ALL)

@@ -13,8 +13,8 @@ import pytest
 
 from agentguard_otel import AgentGuardBlocked
 from agentguard_otel.demo.routing import local_openrouter_client
-from agentguard_otel.demo.server import LocalOpenAIServer
 from tests.conftest import GuardFactory, Telemetry
+from tests.servers.openai_server import LocalOpenAIServer
 
 PRICES = {"openai/gpt-4o-mini": ("0.15", "0.60"), "openai/gpt-4o": ("2.50", "10.00")}
 MESSAGES = [{"role": "user", "content": "Collect the chargeback evidence."}]

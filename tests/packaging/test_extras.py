@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from agentguard_otel.demo.server import LocalOpenAIServer
 from agentguard_otel.version import __version__
 from tests.servers.anthropic_server import LocalAnthropicServer
 from tests.servers.bedrock_server import LocalBedrockServer
+from tests.servers.openai_server import LocalOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_EVERYTHING = json.dumps({"version": 1, "id": "block-all", "mode": "enforce", "rules": [{"id": "all", "caps": [

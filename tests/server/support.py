@@ -6,7 +6,7 @@ from typing import Any
 
 import openai
 
-from agentguard_otel.demo.server import LocalOpenAIServer
+from tests.servers.openai_server import LocalOpenAIServer
 
 API_KEY = "sk-test-secret"
 MODEL = "gpt-4o-mini"

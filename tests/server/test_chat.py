@@ -9,7 +9,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
-from agentguard_otel.demo.server import REPLY_SENTENCE, LocalOpenAIServer, reply_text
+from agentguard_otel.demo.server import REPLY_SENTENCE, reply_text
+from tests.servers.openai_server import LocalOpenAIServer
 
 from .support import MODEL, USER, USER_PROMPT_TOKENS, async_sdk_client, sdk_client, words
 

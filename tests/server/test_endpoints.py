@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from agentguard_otel.demo.server import LocalOpenAIServer, embedding_vector
+from tests.servers.openai_server import LocalOpenAIServer, embedding_vector
 
 from .support import async_sdk_client, words
 

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import httpx2
 import openai
 import pytest
 
-import agentguard_otel
-from agentguard_otel.demo.server import REPLY_SENTENCE, LocalOpenAIServer, RecordedRequest
+from agentguard_otel.demo.server import REPLY_SENTENCE
+from tests.servers.base import RecordedRequest
+from tests.servers.openai_server import LocalOpenAIServer
 
 from .support import API_KEY, MODEL, USER, async_sdk_client, sdk_client
 
@@ -184,35 +179,3 @@ def test_lifecycle(local: LocalOpenAIServer) -> None:
 def test_constructor_validates() -> None:
     with pytest.raises(ValueError):
         LocalOpenAIServer(reply_words=-1)
-
-
-def test_main_serves_until_interrupted() -> None:
-    src = str(Path(agentguard_otel.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentguard_otel.demo.server",
-            "--port",
-            "0",
-            "--openrouter",
-            "--reply-words",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        base_url = process.stdout.readline().strip()
-        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api/v1")
-        reply = httpx2.post(f"{base_url}/chat/completions", json={"model": "m", "messages": USER}, timeout=5).json()
-        assert reply["choices"][0]["message"]["content"] == "This is"
-        assert "cost" in reply["usage"]
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
-    finally:
-        process.kill()
-        process.wait()

@@ -8,7 +8,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from agentguard_otel.demo.server import LocalOpenAIServer
+from tests.servers.openai_server import LocalOpenAIServer
 
 from .support import USER, sdk_client
 

@@ -12,7 +12,8 @@ from openai.types.responses import (
 )
 from pydantic import BaseModel
 
-from agentguard_otel.demo.server import REPLY_SENTENCE, LocalOpenAIServer
+from agentguard_otel.demo.server import REPLY_SENTENCE
+from tests.servers.openai_server import LocalOpenAIServer
 
 from .support import MODEL, async_sdk_client, words
 

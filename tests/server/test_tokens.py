@@ -11,12 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentguard_otel.demo.server import (
-    LocalOpenAIServer,
-    count_prompt_tokens,
-    is_reasoning_model,
-    text_tokens,
-)
+from agentguard_otel.demo.server import count_prompt_tokens, text_tokens
+from tests.servers.openai_server import LocalOpenAIServer, is_reasoning_model
 
 texts = st.text(max_size=60)
 contents = st.one_of(texts, st.lists(texts.map(lambda t: {"type": "text", "text": t}), max_size=3))

@@ -1,1 +1,2 @@
-"""Built-in local OpenAI-compatible endpoint for `agentguard demo`, benchmarks and tests."""
+"""`agentguard demo`: the guarded agent loop, its built-in local OpenAI-compatible endpoint, and an
+OpenRouter client routed to that endpoint (also used by the ``openrouter_team`` example)."""

@@ -57,9 +57,9 @@ def _endpoint() -> Iterator[tuple[str, str, str, str]]:
     if key:
         yield OPENROUTER_BASE_URL, key, "openai/gpt-4o", "openai/gpt-4o-mini"
         return
-    from agentguard_otel.demo.server import LocalOpenAIServer
+    from agentguard_otel.demo.server import DemoServer
 
-    with LocalOpenAIServer() as server:
+    with DemoServer() as server:
         yield server.base_url, "sk-local-demo", "gpt-4o", "gpt-4o-mini"
 
 
