@@ -29,6 +29,7 @@ _ARGUMENTS = {
     "ledger": "AGENTGUARD_LEDGER",
     "receipts": "AGENTGUARD_RECEIPTS",
     "pricing": "AGENTGUARD_PRICING",
+    "guarded_hosts": "AGENTGUARD_GUARDED_HOSTS",
 }
 # Arguments BaseInstrumentor passes through to every instrumentor.
 _OTEL_ARGUMENTS = ("tracer_provider", "meter_provider", "logger_provider", "event_logger_provider")
@@ -44,6 +45,7 @@ class Settings:
     catalog_dir: Path
     data_dir: Path
     scope_defaults: Mapping[str, str]
+    guarded_hosts: tuple[str, ...] = ()  # LLM hosts (shell patterns) beyond the known ones
 
 
 def data_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -81,7 +83,18 @@ def resolve(arguments: Mapping[str, Any], environ: Mapping[str, str] | None = No
         catalog_dir=home / "pricing",
         data_dir=home,
         scope_defaults=defaults,
+        guarded_hosts=_hosts(pick("guarded_hosts")),
     )
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    """``guarded_hosts``: a list of host patterns, or a comma-separated string (the environment's)."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError("guarded_hosts must be host names or patterns such as *.example.com")
+    return tuple(item.strip() for item in items if item.strip())
 
 
 def signing_key(path: Path) -> SigningKey:

@@ -108,8 +108,9 @@ class Guard:
     """Decides, reserves, signs and settles; one instance per instrumentation."""
 
     def __init__(self, *, policy: Policy, prices: PriceBook, ledger: Ledger, receipts: ReceiptWriter,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, guarded_hosts: tuple[str, ...] = ()) -> None:
         self.policy = policy
+        self.guarded_hosts = guarded_hosts  # hosts besides the known LLM hosts that the tripwire watches
         self.prices = prices
         self.ledger = ledger
         self.receipts = receipts

@@ -29,7 +29,7 @@ from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.ledger import open_ledger
 from agentguard_otel.policy import load_policy
 from agentguard_otel.pricing import PriceBook
-from agentguard_otel.providers import INTEGRATION_MODULES, Hook, Integration
+from agentguard_otel.providers import INTEGRATION_MODULES, Hook, Integration, integration
 from agentguard_otel.receipts import ReceiptWriter
 from agentguard_otel.telemetry import Telemetry
 
@@ -80,17 +80,16 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             print(f"agentguard: {self._guard.reason}", file=sys.stderr)
         self._hooks = []
         self._waiting = []
-        for module, trigger in INTEGRATION_MODULES:
-            if _supported(module, trigger):
-                patch = self._patcher(module)
+        for module, attribute, trigger in INTEGRATION_MODULES:
+            if _supported(integration(module, attribute, trigger), trigger):
+                patch = self._patcher(integration(module, attribute, trigger))
                 self._waiting.append((trigger, patch))
                 _when_imported(trigger, patch)
         atexit.register(self._close)
 
-    def _patcher(self, module: str) -> Callable[[ModuleType], None]:
+    def _patcher(self, found: Integration) -> Callable[[ModuleType], None]:
         def patch(_sdk: ModuleType) -> None:
-            integration: Integration = importlib.import_module(module).INTEGRATION
-            hook = integration.make_hook(lambda: self._guard)
+            hook = found.make_hook(lambda: self._guard)
             hook.instrument()
             self._hooks.append(hook)
         return patch
@@ -122,17 +121,17 @@ def _build_guard(settings: config.Settings, kwargs: dict[str, Any]) -> Guard:
     receipts = ReceiptWriter(settings.receipts, key, on_checkpoint=telemetry.emit_receipt)
     scope.set_defaults(settings.scope_defaults)
     logger.info("agentguard: ledger %s, receipts in %s", ledger.location, settings.receipts)
-    return Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry)
+    return Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry,
+                 guarded_hosts=settings.guarded_hosts)
 
 
-def _supported(module: str, trigger: str) -> bool:
+def _supported(found: Integration, trigger: str) -> bool:
     """Whether the SDK is installed in a version the adapter supports, read from its distribution's
     metadata without importing it (a version conflict is warned about: those calls are not guarded)."""
     package = trigger.split(".", 1)[0]
     if importlib.util.find_spec(package) is None:
         return False
-    integration: Integration = importlib.import_module(module).INTEGRATION
-    conflict = get_dependency_conflicts([integration.requirement])
+    conflict = get_dependency_conflicts([found.requirement]) if found.requirement else None
     if conflict is not None:
         logger.warning("agentguard: %s; calls through %s are NOT guarded", conflict, package)
         return False

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from agentguard_otel.call import LLMRequest, RequestChanges, ResponseInfo, UnknownEndpoint
@@ -26,6 +27,30 @@ from agentguard_otel.guard import Guard, GuardedCall, Refusal
 logger = logging.getLogger(__name__)
 
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]
+
+# True while a request that passed a choke point is being sent: the transport tripwire lets it by.
+_SENDING: ContextVar[bool] = ContextVar("agentguard_sending", default=False)
+
+
+def at_choke_point() -> bool:
+    """Whether the HTTP request being made now is one the lifecycle is sending."""
+    return _SENDING.get()
+
+
+def _send(send: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    token = _SENDING.set(True)
+    try:
+        return send(*args, **kwargs)
+    finally:
+        _SENDING.reset(token)
+
+
+async def _send_async(send: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    token = _SENDING.set(True)
+    try:
+        return await send(*args, **kwargs)
+    finally:
+        _SENDING.reset(token)
 
 
 class Settler(Protocol):
@@ -92,20 +117,20 @@ def run(guard: Guard | Refusal | None, classify: Callable[[], Classified], send:
         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard one synchronous SDK request."""
     if guard is None:
-        return send(*args, **kwargs)
+        return _send(send, args, kwargs)
     if isinstance(guard, Refusal):
         if _needs_guard(classify):
             guard.refuse()
-        return send(*args, **kwargs)
+        return _send(send, args, kwargs)
     begun = _begin(guard, classify)
     if isinstance(begun, FollowUp):
-        return _observe(begun, _Correction(guard, begun.response_id), send(*args, **kwargs))
+        return _observe(begun, _Correction(guard, begun.response_id), _send(send, args, kwargs))
     if begun is None:
-        return send(*args, **kwargs)
+        return _send(send, args, kwargs)
     exchange, call = begun
     out_args, out_kwargs = _outgoing(exchange, call, args, kwargs)
     try:
-        result = send(*out_args, **out_kwargs)
+        result = _send(send, out_args, out_kwargs)
     except BaseException as exc:
         call.fail(exc, exchange.error_status(exc), sent=not exchange.never_sent(exc))
         raise
@@ -117,7 +142,7 @@ async def run_async(guard: Guard | Refusal | None, classify: Callable[[], Awaita
     """Guard one asynchronous SDK request. A remote ledger is a network round trip: its work runs in
     a worker thread (the context, and so the scope, goes with it) so the event loop keeps serving."""
     if guard is None:
-        return await send(*args, **kwargs)
+        return await _send_async(send, args, kwargs)
     try:
         exchange = await classify()
     except Exception as exc:
@@ -128,15 +153,15 @@ async def run_async(guard: Guard | Refusal | None, classify: Callable[[], Awaita
     if isinstance(guard, Refusal):
         if exchange is not None:
             guard.refuse()
-        return await send(*args, **kwargs)
+        return await _send_async(send, args, kwargs)
     if isinstance(exchange, UnknownEndpoint):
         guard.unguarded(exchange)  # raises when blocked
-        return await send(*args, **kwargs)
+        return await _send_async(send, args, kwargs)
     if exchange is None:
-        return await send(*args, **kwargs)
+        return await _send_async(send, args, kwargs)
     offload = guard.ledger.remote
     if isinstance(exchange, FollowUp):
-        result = await send(*args, **kwargs)
+        result = await _send_async(send, args, kwargs)
         correction = _Correction(guard, exchange.response_id)
         if offload:
             return await asyncio.to_thread(_observe, exchange, correction, result)
@@ -144,7 +169,7 @@ async def run_async(guard: Guard | Refusal | None, classify: Callable[[], Awaita
     call = await asyncio.to_thread(guard.begin, exchange.request) if offload else guard.begin(exchange.request)
     out_args, out_kwargs = _outgoing(exchange, call, args, kwargs)
     try:
-        result = await send(*out_args, **out_kwargs)
+        result = await _send_async(send, out_args, out_kwargs)
     except BaseException as exc:
         call.fail(exc, exchange.error_status(exc), sent=not exchange.never_sent(exc))
         raise

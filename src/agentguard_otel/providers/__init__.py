@@ -4,7 +4,8 @@ Adding a provider = one module + one line below."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -39,14 +40,25 @@ class Hooks:
 
 @dataclass(frozen=True)
 class Integration:
-    requirement: str  # the SDK versions the adapter supports, e.g. "openai >= 1.60"
+    requirement: str | None  # the SDK versions the adapter supports, e.g. "openai >= 1.60"; None: any
     make_hook: Callable[[GuardRef], Hook]
 
 
-# (our provider module defining INTEGRATION, the SDK module whose import triggers the patch): ours is
-# imported only once the SDK's is.
-INTEGRATION_MODULES: tuple[tuple[str, str], ...] = (
-    ("agentguard_otel.providers.openai", "openai"),
-    ("agentguard_otel.providers.bedrock", "botocore.client"),
-    ("agentguard_otel.providers.anthropic", "anthropic"),
+# (our provider module, the attribute there holding the Integration, the module whose import
+# triggers the patch): ours is imported only once the SDK's is.
+INTEGRATION_MODULES: tuple[tuple[str, str, str], ...] = (
+    ("agentguard_otel.providers.openai", "INTEGRATION", "openai"),
+    ("agentguard_otel.providers.bedrock", "INTEGRATION", "botocore.client"),
+    ("agentguard_otel.providers.anthropic", "INTEGRATION", "anthropic"),
+    # the transport tripwire, for HTTP sent outside every SDK choke point
+    ("agentguard_otel.providers.tripwire", "INTEGRATIONS", "http.client"),
+    ("agentguard_otel.providers.tripwire", "INTEGRATIONS", "httpx"),
+    ("agentguard_otel.providers.tripwire", "INTEGRATIONS", "httpx2"),
 )
+
+
+def integration(module: str, attribute: str, trigger: str) -> Integration:
+    """The integration an ``INTEGRATION_MODULES`` entry names (imports our module, not the SDK)."""
+    found = getattr(importlib.import_module(module), attribute)
+    chosen: Integration = found[trigger] if isinstance(found, Mapping) else found
+    return chosen
