@@ -10,7 +10,6 @@ from pathlib import Path
 
 from agentguard_otel import config
 from agentguard_otel.errors import AgentGuardError
-from agentguard_otel.money import format_usd
 from agentguard_otel.version import __version__
 
 
@@ -96,6 +95,7 @@ def _pricing_sync(args: argparse.Namespace) -> int:
 
 def _spend(args: argparse.Namespace) -> int:
     from agentguard_otel.ledger import open_ledger
+    from agentguard_otel.ledger.report import spend_table
 
     url = args.ledger or config.resolve({}).ledger
     ledger = open_ledger(url, existing=True)
@@ -113,20 +113,6 @@ def _spend(args: argparse.Namespace) -> int:
     print(f"ledger: {location}")
     print(spend_table(states))
     return 0
-
-
-def spend_table(states: Sequence[object]) -> str:
-    """Current-window totals per counter, as a text table."""
-    rows = [("counter", "window start", "spent", "held", "limit", "used")]
-    for s in states:
-        used = (s.spent_nano + s.held_nano) / s.limit_nano if s.limit_nano else 0.0  # type: ignore[attr-defined]
-        start = s.window_start.isoformat(timespec="minutes") if s.window_start else "rolling"  # type: ignore[attr-defined]
-        rows.append((s.key, start, format_usd(s.spent_nano), format_usd(s.held_nano),  # type: ignore[attr-defined]
-                     format_usd(s.limit_nano), f"{used:.0%}"))  # type: ignore[attr-defined]
-    if len(rows) == 1:
-        return "no spend recorded in the current windows"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -19,11 +19,14 @@ from typing import Any
 
 import yaml
 
-from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor, config, scope
-from agentguard_otel.cli import spend_table
+from agentguard_otel import config
 from agentguard_otel.demo.routing import OPENROUTER_BASE_URL
+from agentguard_otel.errors import AgentGuardBlocked
+from agentguard_otel.instrumentor import AgentGuardInstrumentor
+from agentguard_otel.ledger.report import spend_table
 from agentguard_otel.money import format_usd
 from agentguard_otel.receipts import load_public_keys, verify
+from agentguard_otel.scope import scope
 
 
 def demo_policy(big: str, small: str) -> dict[str, Any]:

@@ -1,0 +1,198 @@
+"""One lifecycle for every SDK: what the guard may and may not do around a call.
+
+Shadow mode changes nothing on the wire or for the caller; enforce mode changes only what the
+policy orders; OTel failures and a finished instrumentation never cost a call its settlement; the
+guard's span takes no part in other spans' parentage."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.conftest import Guarded, GuardFactory, Telemetry
+from tests.servers.anthropic_server import LocalAnthropicServer
+
+MODEL = "gpt-4o-mini"
+MESSAGES = [{"role": "user", "content": "Review this diff, please."}]
+SHADOW = {"version": 1, "id": "shadow", "mode": "shadow",
+          "rules": [{"id": "all", "max_output_tokens": 16,
+                     "caps": [{"limit_usd": "0.000000001", "window": "call", "action": "block"}]}]}
+ENFORCE = {"version": 1, "id": "enforce", "mode": "enforce",
+           "rules": [{"id": "all", "caps": [{"limit_usd": 100, "window": "day", "action": "block"}]}]}
+
+
+def _client(server: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+
+
+def _settlements(g: Guarded) -> list[dict[str, Any]]:
+    return [r for r in g.receipts() if r["kind"] == "settlement"]
+
+
+def _stream_chunks(server: Any, **extra: Any) -> list[Any]:
+    return list(_client(server).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True, **extra))
+
+
+def test_shadow_sends_the_request_exactly_as_written_and_shows_every_chunk(server: Any,
+                                                                           guarded: GuardFactory) -> None:
+    plain = _stream_chunks(server, stream_options={"include_usage": True})
+    unguarded_body = server.requests[-1].body
+    server.reset()
+    g = guarded(SHADOW, ledger="memory://")
+    shadowed = _stream_chunks(server, stream_options={"include_usage": True})
+    assert server.requests[-1].body == unguarded_body  # no clamp, no injected option, nothing
+    def same(chunks: list[Any]) -> list[Any]:
+        return [c.model_dump(exclude={"id", "created"}) for c in chunks]
+
+    assert same(shadowed) == same(plain)  # the usage chunk included
+    (decision,) = [r for r in g.receipts() if r["kind"] == "decision"]
+    assert (decision["action"], decision["would"]) == ("shadow", "block")
+    (settlement,) = _settlements(g)
+    assert (settlement["cost_source"], settlement["degraded"]) == ("local", False)
+
+
+def test_shadow_asks_no_usage_and_a_stream_without_it_settles_at_what_it_delivered(
+        server: Any, guarded: GuardFactory) -> None:
+    g = guarded(SHADOW, ledger="memory://")
+    chunks = _stream_chunks(server)
+    assert "stream_options" not in server.requests[-1].body
+    assert all(c.usage is None for c in chunks)
+    (settlement,) = _settlements(g)
+    assert (settlement["outcome"], settlement["cost_source"], settlement["problem"]) == \
+        ("ok", "estimated", "no usage reported")
+    assert 0 < settlement["actual_nano"] <= settlement["estimated_nano"]
+
+
+def test_enforce_hides_only_the_usage_chunk_it_asked_for(server: Any, guarded: GuardFactory) -> None:
+    guarded(ENFORCE, ledger="memory://")
+    asked = _stream_chunks(server)
+    assert server.requests[-1].body["stream_options"] == {"include_usage": True}
+    assert all(c.usage is None for c in asked)  # the caller did not ask: the usage chunk is hidden
+    mine = _stream_chunks(server, stream_options={"include_usage": True})
+    assert mine[-1].usage is not None  # the caller asked: it is shown
+
+
+def test_stream_sent_through_extra_body_is_read_as_a_stream(server: Any, guarded: GuardFactory) -> None:
+    g = guarded(ENFORCE, ledger="memory://")
+    raw = _client(server).chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES,
+                                                                    extra_body={"stream": True})
+    assert raw.http_response.text.startswith("data: ")
+    (decision,) = [r for r in g.receipts() if r["kind"] == "decision"]
+    assert decision["stream"] is True
+    (settlement,) = _settlements(g)
+    assert settlement["actual_nano"] > 0 and settlement["cost_source"] in ("local", "estimated")
+
+
+def test_a_stream_read_after_uninstrument_still_settles_with_a_receipt(server: Any, guarded: GuardFactory) -> None:
+    g = guarded(ENFORCE, ledger="memory://")
+    stream = _client(server).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    g.instrumentor.uninstrument()
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    (settlement,) = _settlements(g)
+    assert (settlement["outcome"], settlement["cost_source"]) == ("ok", "local")
+    assert g.verify().ok
+
+
+def test_a_dropped_stream_after_uninstrument_settles_once(server: Any, guarded: GuardFactory) -> None:
+    g = guarded(ENFORCE, ledger="memory://")
+    stream = _client(server).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    next(iter(stream))
+    g.instrumentor.uninstrument()
+    del stream
+    gc.collect()
+    (settlement,) = _settlements(g)
+    assert settlement["outcome"] == "abandoned"
+
+
+class _BrokenTracer(trace.Tracer):
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        raise RuntimeError("exporter misconfigured")
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("exporter misconfigured")
+
+
+class _BrokenProvider(trace.TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _BrokenTracer()
+
+
+def test_an_otel_failure_never_stops_or_unsettles_a_call(server: Any, guarded: GuardFactory) -> None:
+    g = guarded(ENFORCE, ledger="memory://", tracer_provider=_BrokenProvider())
+    reply = _client(server).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert reply.choices[0].message.content
+    assert len(server.requests) == 1
+    (settlement,) = _settlements(g)
+    assert settlement["cost_source"] == "local"
+
+
+def test_the_guard_follows_the_global_tracer_provider(server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     otel: Telemetry) -> None:
+    from agentguard_otel import AgentGuardInstrumentor
+
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    providers = []
+    for exporter in (first, second):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        providers.append(provider)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: providers[0])
+    instrumentor = AgentGuardInstrumentor()
+    instrumentor.instrument(policy=ENFORCE, ledger="memory://", signing_key=str(tmp_path / "k"),
+                            receipts=str(tmp_path / "r"), meter_provider=otel.meter_provider,
+                            logger_provider=otel.logger_provider)
+    try:
+        _client(server).chat.completions.create(model=MODEL, messages=MESSAGES)
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: providers[1])  # e.g. a test restores its own
+        _client(server).chat.completions.create(model=MODEL, messages=MESSAGES)
+    finally:
+        instrumentor.uninstrument()
+    assert len(first.get_finished_spans()) == 1
+    assert len(second.get_finished_spans()) == 1
+
+
+def test_the_guard_span_is_nobodys_parent(server: Any, guarded: GuardFactory, otel: Telemetry) -> None:
+    guarded(ENFORCE, ledger="memory://")
+    tracer = otel.tracer_provider.get_tracer("app")
+    seen: list[Any] = []
+    http = openai.DefaultHttpxClient(event_hooks={"request": [lambda _: seen.append(trace.get_current_span())]})
+    with tracer.start_as_current_span("agent step") as step:
+        openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0, http_client=http) \
+            .chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert seen == [step]  # what the SDK's transport (and any HTTP instrumentation) sees as current
+    ours = [s for s in otel.finished() if s.instrumentation_scope.name == "agentguard_otel.telemetry"]
+    assert ours[0].parent.span_id == step.get_span_context().span_id
+
+
+def test_async_anthropic_reads_files_without_the_sync_reader(guarded: GuardFactory, tmp_path: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import anthropic._utils as utils
+
+    image = tmp_path / "diagram.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+
+    def blocking(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a sync file read on the event loop")
+
+    monkeypatch.setattr(utils, "prepare_request_data", blocking)
+    g = guarded(ENFORCE, ledger="memory://")
+    with LocalAnthropicServer() as srv:
+        async def go() -> Any:
+            async with anthropic.AsyncAnthropic(base_url=srv.base_url, api_key="sk", max_retries=0) as client:
+                return await client.messages.create(model="claude-haiku-4-5", max_tokens=32, messages=[
+                    {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type":
+                                                  "image/png", "data": image}}, {"type": "text", "text": "hi"}]}])
+
+        reply = asyncio.run(go())
+    assert reply.content
+    (decision,) = [r for r in g.receipts() if r["kind"] == "decision"]
+    assert decision["action"] == "allow"
