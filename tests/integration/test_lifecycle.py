@@ -196,3 +196,29 @@ def test_async_anthropic_reads_files_without_the_sync_reader(guarded: GuardFacto
     assert reply.content
     (decision,) = [r for r in g.receipts() if r["kind"] == "decision"]
     assert decision["action"] == "allow"
+
+
+def test_a_background_response_settles_at_its_reservation_then_is_corrected(server: Any,
+                                                                            guarded: GuardFactory) -> None:
+    g = guarded(ENFORCE)  # the embedded SQLite ledger
+    client = _client(server)
+    queued = client.responses.create(model=MODEL, input="Summarise the quarter.", background=True)
+    assert queued.status == "queued" and queued.usage is None
+    (settlement,) = _settlements(g)
+    assert (settlement["outcome"], settlement["cost_source"], settlement["degraded"]) == ("deferred", "estimated",
+                                                                                         False)
+    assert settlement["actual_nano"] == settlement["estimated_nano"]  # never $0 for work accepted
+    (counter,) = g.guard.ledger.states()
+    assert counter.spent_nano == settlement["actual_nano"]
+
+    done = client.responses.retrieve(queued.id)  # the result, fetched through the guarded client
+    assert done.status == "completed" and done.usage is not None
+    (adjustment,) = [r for r in g.receipts() if r["kind"] == "adjustment"]
+    assert adjustment["settlement"] == settlement["hash"] and adjustment["previous_nano"] == settlement["actual_nano"]
+    assert 0 < adjustment["actual_nano"] < settlement["actual_nano"]
+    assert adjustment["delta_nano"] == adjustment["actual_nano"] - settlement["actual_nano"]
+    (counter,) = g.guard.ledger.states()
+    assert (counter.spent_nano, counter.held_nano) == (adjustment["actual_nano"], 0)
+    client.responses.retrieve(queued.id)  # fetched again: corrected once only
+    assert len([r for r in g.receipts() if r["kind"] == "adjustment"]) == 1
+    assert g.verify().ok

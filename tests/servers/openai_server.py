@@ -210,6 +210,7 @@ class LocalOpenAIServer(LocalServer):
         }
         self._default_price = (Decimal(DEFAULT_PRICE_USD_PER_MTOK[0]), Decimal(DEFAULT_PRICE_USD_PER_MTOK[1]))
         self._credit_remaining_usd: str | None = None  # OpenRouter /key: None means no limit on the key
+        self._background: dict[str, JSONObject] = {}  # background responses by id, as finished
         self._endpoints: dict[str, Endpoint] = {
             "chat/completions": self._chat,
             "responses": self._responses,
@@ -235,6 +236,9 @@ class LocalOpenAIServer(LocalServer):
         return None
 
     def service_reply(self, method: str, path: str) -> Reply | None:
+        head, _, response_id = path.split("?", 1)[0].rpartition("/")
+        if method == "GET" and head.endswith("/responses") and response_id in self._background:
+            return Reply(200, self._background[response_id])
         if not (method == "GET" and self.openrouter and path.split("?", 1)[0] in ("/api/v1/key", "/v1/key")):
             return None
         remaining = self._credit_remaining_usd
@@ -491,6 +495,10 @@ class LocalOpenAIServer(LocalServer):
             }
 
         reported = self.take_usage()(usage)
+        if body.get("background") and not body.get("stream"):
+            # Accepted now, done later: the reply says "queued"; ``GET /responses/{id}`` has the result.
+            self._background[envelope["id"]] = response(status, [item], reported)
+            return Reply(200, response("queued", [], None))
         if not body.get("stream"):
             return Reply(200, response(status, [item], reported))
         at = {"item_id": item_id, "output_index": 0, "content_index": 0}
