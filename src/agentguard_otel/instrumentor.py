@@ -78,6 +78,7 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._settings = None
             self._guard = Refusal(exc)
             print(f"agentguard: {self._guard.reason}", file=sys.stderr)
+        scope.carry_into_threads()
         self._hooks = []
         self._waiting = []
         for module, attribute, trigger in INTEGRATION_MODULES:
@@ -103,6 +104,7 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for hook in self._hooks:
             hook.uninstrument()
         self._hooks = []
+        scope.stop_carrying_into_threads()
         atexit.unregister(self._close)
         self._close()
 

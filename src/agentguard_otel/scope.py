@@ -7,13 +7,17 @@ and is also written to baggage, so it crosses process boundaries with normal con
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from types import MappingProxyType
+from typing import Any
 
+import wrapt
 from opentelemetry import baggage, context
+from opentelemetry.instrumentation.utils import unwrap
 
 SCOPE_FIELDS: tuple[str, ...] = ("tenant", "team", "user", "agent", "task", "capability")
 BAGGAGE_PREFIX = "agentguard."
@@ -82,6 +86,35 @@ def scope(**values: str | None) -> Iterator[Scope]:
     finally:
         context.detach(otel_token)
         _explicit.reset(token)
+
+
+def _run_in_scope(values: Mapping[str, str], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    token = _explicit.set(values)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _explicit.reset(token)
+
+
+def _submit_in_scope(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+    values = _explicit.get()
+    if not values or not args:
+        return wrapped(*args, **kwargs)
+    return wrapped(_run_in_scope, values, *args, **kwargs)
+
+
+def carry_into_threads() -> None:
+    """Let work handed to a ``ThreadPoolExecutor`` (and so ``litellm.batch_completion`` and the
+    like) run in the scope of the code that submitted it, as OTel's threading instrumentation
+    carries the OTel context. Only the scope is carried, no other context variable."""
+    if not isinstance(vars(ThreadPoolExecutor)["submit"], wrapt.FunctionWrapper):
+        wrapt.wrap_function_wrapper(ThreadPoolExecutor, "submit", _submit_in_scope)
+
+
+def stop_carrying_into_threads() -> None:
+    if isinstance(vars(ThreadPoolExecutor)["submit"], wrapt.FunctionWrapper):
+        unwrap(ThreadPoolExecutor, "submit")
 
 
 def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -91,3 +91,33 @@ def test_bad_scope_values_are_rejected() -> None:
         pass
     with pytest.raises(ValueError, match="unknown capability"):
         env_defaults({"AGENTGUARD_CAPABILITY": "root"})
+
+
+def test_the_scope_follows_work_into_thread_pools(server: Any, guarded: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from agentguard_otel import AgentGuardBlocked
+
+    policy = {"version": 1, "mode": "enforce", "rules": [{"id": "eng", "match": {"team": "engineering"}, "caps": [
+        {"limit_usd": "0.000000001", "window": "call", "action": "block", "reason": "engineering is capped"}]}]}
+    g = guarded(policy, ledger="memory://")
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0)
+
+    def call() -> str:
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        except AgentGuardBlocked as exc:
+            return exc.reason
+        return "sent"
+
+    with scope(team="engineering", user="alice"), ThreadPoolExecutor(2) as pool:
+        seen = pool.submit(current_scope).result()
+        outcomes = list(pool.map(lambda _: call(), range(3)))
+    assert (seen.team, seen.user) == ("engineering", "alice")
+    assert outcomes == ["engineering is capped"] * 3  # the cap applies in the workers too
+    assert server.requests == []
+    g.instrumentor.uninstrument()
+    with scope(team="engineering"), ThreadPoolExecutor(1) as pool:
+        assert pool.submit(current_scope).result().team is None  # carried only while instrumented
