@@ -121,7 +121,7 @@ def _build_guard(settings: config.Settings, kwargs: dict[str, Any]) -> Guard:
     ledger = open_ledger(settings.ledger)
     telemetry = Telemetry(kwargs.get("tracer_provider"), kwargs.get("meter_provider"), kwargs.get("logger_provider"))
     receipts = ReceiptWriter(settings.receipts, key, on_checkpoint=telemetry.emit_receipt)
-    scope.set_defaults(settings.scope_defaults)
+    scope.set_defaults(settings.scope_defaults, policy.trust_baggage)
     logger.info("agentguard: ledger %s, receipts in %s", ledger.location, settings.receipts)
     return Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry,
                  guarded_hosts=settings.guarded_hosts)

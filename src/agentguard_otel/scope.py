@@ -7,7 +7,7 @@ and is also written to baggage, so it crosses process boundaries with normal con
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -125,22 +125,33 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 _defaults: dict[str, str] = {}
+_trusted_baggage: frozenset[str] = frozenset()
+
+# Fields inbound baggage may ever supply: a capability is granted in-process or by a signed claim.
+BAGGAGE_FIELDS: tuple[str, ...] = tuple(name for name in SCOPE_FIELDS if name != "capability")
 
 
-def set_defaults(defaults: Mapping[str, str]) -> None:
-    """Install the lowest-precedence scope values (the instrumentor passes the environment's)."""
-    global _defaults
+def set_defaults(defaults: Mapping[str, str], trusted_baggage: Iterable[str] = ()) -> None:
+    """Install the lowest-precedence scope values (the instrumentor passes the environment's) and
+    the fields inbound baggage is trusted for (the policy's ``trust_baggage``; default none)."""
+    global _defaults, _trusted_baggage
+    trusted = frozenset(trusted_baggage)
+    if not trusted <= set(BAGGAGE_FIELDS):
+        raise ValueError(f"baggage can be trusted for {', '.join(BAGGAGE_FIELDS)} only")
     _defaults = _validate(defaults)
+    _trusted_baggage = trusted
 
 
 def current_scope() -> Scope:
-    """Resolve the caller's scope: explicit, then baggage, then defaults."""
+    """Resolve the caller's scope: explicit, then trusted baggage, then defaults. Baggage arrives
+    from upstream requests (any HTTP client can send it), so only the fields the policy trusts are
+    read from it."""
     explicit = _explicit.get()
-    carried = baggage.get_all()
+    carried = baggage.get_all() if _trusted_baggage else {}
     resolved: dict[str, str | None] = {}
     for name in SCOPE_FIELDS:
         value = explicit.get(name)
-        if value is None:
+        if value is None and name in _trusted_baggage:
             from_baggage = carried.get(BAGGAGE_PREFIX + name)
             value = from_baggage if isinstance(from_baggage, str) and from_baggage else None
         if value is None:

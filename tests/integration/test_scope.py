@@ -18,9 +18,9 @@ def _no_defaults() -> None:
     set_defaults({})
 
 
-def test_explicit_beats_baggage_beats_environment() -> None:
+def test_explicit_beats_trusted_baggage_beats_environment() -> None:
     set_defaults(env_defaults({"AGENTGUARD_TENANT": "env-tenant", "AGENTGUARD_TEAM": "env-team",
-                               "AGENTGUARD_USER": "env-user"}))
+                               "AGENTGUARD_USER": "env-user"}), trusted_baggage=["team", "user"])
     token = context.attach(baggage.set_baggage("agentguard.team", "bag-team",
                                                baggage.set_baggage("agentguard.user", "bag-user")))
     try:
@@ -29,6 +29,35 @@ def test_explicit_beats_baggage_beats_environment() -> None:
     finally:
         context.detach(token)
     assert resolved == Scope(tenant="env-tenant", team="bag-team", user="alice")
+
+
+def _inbound(header: str) -> object:
+    """The context an OTel server instrumentation extracts from an inbound request's headers."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+    return W3CBaggagePropagator().extract({"baggage": header})
+
+
+def test_inbound_baggage_is_not_trusted_by_default() -> None:
+    set_defaults(env_defaults({"AGENTGUARD_TEAM": "capped-team"}))
+    token = context.attach(_inbound("agentguard.team=other,agentguard.user=u-42,"  # type: ignore[arg-type]
+                                    "agentguard.capability=payment_execute"))
+    try:
+        resolved = current_scope()
+    finally:
+        context.detach(token)
+    assert resolved == Scope(team="capped-team")
+
+
+def test_a_capability_is_never_taken_from_baggage() -> None:
+    with pytest.raises(ValueError, match="baggage can be trusted for"):
+        set_defaults({}, trusted_baggage=["capability"])
+    set_defaults({}, trusted_baggage=["tenant"])
+    token = context.attach(_inbound("agentguard.tenant=acme,agentguard.capability=payment_execute"))  # type: ignore[arg-type]
+    try:
+        assert current_scope() == Scope(tenant="acme")
+    finally:
+        context.detach(token)
 
 
 def test_scope_is_written_to_baggage_for_propagation() -> None:
@@ -122,3 +151,21 @@ def test_the_scope_follows_work_into_thread_pools(server: Any, guarded: Any) -> 
     g.instrumentor.uninstrument()
     with scope(team="engineering"), ThreadPoolExecutor(1) as pool:
         assert pool.submit(current_scope).result().team is None  # carried only while instrumented
+
+
+def test_an_inbound_capability_does_not_pass_a_rule_that_requires_it(server: Any, guarded: Any) -> None:
+    import openai
+
+    from agentguard_otel import AgentGuardBlocked
+
+    policy = {"version": 1, "mode": "enforce", "trust_baggage": ["tenant", "team", "user"],
+              "rules": [{"id": "pay", "require_capability": "payment_execute"}]}
+    guarded(policy, ledger="memory://")
+    token = context.attach(_inbound("agentguard.capability=payment_execute,agentguard.tenant=acme"))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(AgentGuardBlocked, match="requires capability payment_execute, caller has none"):
+            openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "pay invoice 4711"}])
+    finally:
+        context.detach(token)
+    assert server.requests == []

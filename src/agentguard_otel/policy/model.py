@@ -252,6 +252,10 @@ class Policy(BaseModel):
     default_max_output_tokens: PositiveInt = Field(
         default=4096,
         description="Injected when caps apply and neither a rule nor the request bounds the output.")
+    trust_baggage: list[Literal["tenant", "team", "user", "agent", "task"]] = Field(
+        default_factory=list,
+        description="Scope fields taken from inbound OTel baggage (default none: any HTTP client can send "
+                    "baggage). A capability is never taken from baggage.")
     azure_deployments: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
         description="Azure OpenAI deployment name -> the model it serves. A deployment not listed is priced "
