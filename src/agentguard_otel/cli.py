@@ -76,8 +76,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _policy_check(args: argparse.Namespace) -> int:
     from agentguard_otel.policy import load_policy
+    from agentguard_otel.pricing import PriceBook
 
-    policy = load_policy(Path(args.path))
+    settings = config.resolve({})
+    prices = PriceBook(overrides=settings.pricing, catalog_dir=settings.catalog_dir)
+    policy = load_policy(Path(args.path), priced=prices.knows)
     caps = sum(len(rule.caps) for rule in policy.rules)
     print(f"{args.path}: OK — policy {policy.id} v{policy.version}, mode {policy.mode}, "
           f"{len(policy.rules)} rule(s), {caps} cap(s), digest {policy.digest}")

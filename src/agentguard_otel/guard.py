@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 from agentguard_otel.call import Action, CapRef, Decision, LLMRequest, RequestChanges, ResponseInfo, UnknownEndpoint
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
-from agentguard_otel.ledger import MAX_AMOUNT_NANO, CounterSpec, CounterState, Ledger, Reservation
-from agentguard_otel.money import format_usd
+from agentguard_otel.ledger import CounterSpec, CounterState, Ledger, Reservation
+from agentguard_otel.money import MAX_AMOUNT_NANO, format_usd
 from agentguard_otel.policy import Policy, Rule
 from agentguard_otel.pricing import (
     ModelPrice,

@@ -115,8 +115,8 @@ class AgentGuardInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
 
 def _build_guard(settings: config.Settings, kwargs: dict[str, Any]) -> Guard:
-    policy = load_policy(settings.policy)
     prices = PriceBook(overrides=settings.pricing, catalog_dir=settings.catalog_dir)
+    policy = load_policy(settings.policy, priced=prices.knows)
     key = config.signing_key(settings.signing_key)
     ledger = open_ledger(settings.ledger)
     telemetry = Telemetry(kwargs.get("tracer_provider"), kwargs.get("meter_provider"), kwargs.get("logger_provider"))

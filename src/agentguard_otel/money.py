@@ -5,6 +5,9 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 NANO_PER_USD = 1_000_000_000
+# The largest amount every ledger backend holds exactly (Redis scripts compute in doubles): about
+# $9 million. A limit, a reservation or a settled cost above it is refused or distrusted.
+MAX_AMOUNT_NANO = 2**53
 
 
 def usd_to_nano(value: Decimal | int | str, *, rounding: str = ROUND_CEILING) -> int:

@@ -104,3 +104,12 @@ def test_spend_lists_current_window_totals(tmp_path: Path, capsys: pytest.Captur
     assert main(["spend", "--ledger", url, "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["spent_nano"], row["held_nano"], row["limit_nano"]) == (1_250_000_000, 0, 5_000_000_000)
+
+
+def test_policy_check_refuses_an_unpriced_downgrade_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nrules:\n  - id: a\n    caps:\n"
+                      "      - {limit_usd: 1, window: day, action: downgrade, downgrade_to: gpt-4o-mnii}\n")
+    assert main(["policy", "check", str(policy)]) == 2
+    assert f"{policy}:5: rules[0].caps[0].downgrade_to: downgrade_to 'gpt-4o-mnii' has no known price" in \
+        capsys.readouterr().err

@@ -58,6 +58,11 @@ def rules(draw: st.DrawFn, rule_id: str) -> dict[str, Any]:
     if draw(st.booleans()):
         rule["require_capability"] = draw(st.sampled_from(CAPABILITY_LEVELS))
     rule["caps"] = draw(st.lists(caps(), max_size=4))
+    targets = [cap["downgrade_to"] for cap in rule["caps"] if "downgrade_to" in cap]
+    if targets and "models" in rule:  # a downgrade target the rule's own list forbids is refused at load
+        rule["models"].pop("deny", None)
+        if "allow" in rule["models"]:
+            rule["models"]["allow"] = [*rule["models"]["allow"], *targets]
     return rule
 
 

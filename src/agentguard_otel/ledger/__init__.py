@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentguard_otel.errors import ConfigError
-from agentguard_otel.ledger.base import MAX_AMOUNT_NANO, CounterSpec, CounterState, Ledger, Reservation, WindowName
+from agentguard_otel.ledger.base import CounterSpec, CounterState, Ledger, Reservation, WindowName
 from agentguard_otel.ledger.memory import MemoryLedger
 from agentguard_otel.ledger.sqlite import SQLiteLedger
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_AMOUNT_NANO",
     "CounterSpec",
     "CounterState",
     "Ledger",

@@ -60,10 +60,6 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 
-# The largest amount every backend holds exactly (Redis scripts compute in doubles): about $9 million.
-MAX_AMOUNT_NANO = 2**53
-
-
 def check_nano(value: int, what: str) -> None:
     """Money is a non-negative int of nano-USD; a float or bool here is a bug upstream."""
     if type(value) is not int:

@@ -54,7 +54,6 @@ from agentguard_otel.errors import ConfigError, LedgerUnavailable
 from agentguard_otel.ledger.base import (
     ADJUSTABLE_SECONDS,
     HOLD_RETENTION_SECONDS,
-    MAX_AMOUNT_NANO,
     ROLLING_SECONDS,
     Clock,
     CounterSpec,
@@ -70,6 +69,7 @@ from agentguard_otel.ledger.base import (
     window_slot,
     window_start_datetime,
 )
+from agentguard_otel.money import MAX_AMOUNT_NANO
 
 #: The client's estimate of the server clock may be this far off before a reservation needs a
 #: second round trip (it covers network latency and a host clock that drifted since it learned).

@@ -13,7 +13,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -45,20 +45,23 @@ _JSON_WORDS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy | None) -> Policy:
+def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy | None, *,
+                priced: Callable[[str], bool] | None = None) -> Policy:
     """A path to ``.yaml``/``.yml``/``.json``, a mapping, a Policy (returned as is), or None (the
-    permissive shadow-mode default). Raises PolicyError naming file, line and field."""
+    permissive shadow-mode default). Raises PolicyError naming file, line and field. ``priced``
+    tells whether a model id has a price: then a ``downgrade_to`` without one is an error too
+    (under ``unknown_model: block`` it would be blocked, or sent unpriced)."""
     if source is None:
         return DEFAULT_POLICY
     if isinstance(source, Policy):
         return source
     if isinstance(source, Mapping):
         data = dict(source)
-        return _validate(data, {}, None)
-    return _load_file(Path(source))
+        return _validate(data, {}, None, priced)
+    return _load_file(Path(source), priced)
 
 
-def _load_file(path: Path) -> Policy:
+def _load_file(path: Path, priced: Callable[[str], bool] | None) -> Policy:
     file = str(path)
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json"):
@@ -79,7 +82,7 @@ def _load_file(path: Path) -> Policy:
         raise PolicyError("a policy must be a mapping (version, rules, ...)", file=file,
                           line=reader.lines.get(()))
     data.setdefault("id", path.stem)
-    return _validate(data, reader.lines, file)
+    return _validate(data, reader.lines, file, priced)
 
 
 class _YamlReader:
@@ -92,6 +95,7 @@ class _YamlReader:
         self._open: set[int] = set()  # collections on the current path: a recursive alias would never end
 
     def read(self) -> Any:
+        self._refuse_aliases()
         try:
             loader = yaml.SafeLoader(self._text)
         except yaml.YAMLError as exc:
@@ -116,6 +120,18 @@ class _YamlReader:
             return PolicyError(f"YAML error: unacceptable character #x{exc.character:04x} ({exc.reason})",
                                file=self._file, line=self._text.count("\n", 0, exc.position) + 1)
         return PolicyError(f"YAML error: {exc}", file=self._file)
+
+    def _refuse_aliases(self) -> None:
+        """A policy needs no anchors or aliases, and a few lines of them can expand without bound
+        (an alias bomb): they are refused before anything is composed."""
+        try:
+            for event in yaml.parse(self._text, Loader=yaml.SafeLoader):
+                if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                    mark = event.start_mark
+                    raise PolicyError("YAML anchors and aliases are refused (a policy needs none)", file=self._file,
+                                      line=mark.line + 1 if mark is not None else None)
+        except yaml.YAMLError as exc:
+            raise self._syntax_error(exc) from exc
 
     def _error(self, message: str, line: int, path: DataPath) -> PolicyError:
         return PolicyError(message, file=self._file, line=line, field=_dotted(path) or None)
@@ -270,9 +286,9 @@ class _Issue:
     branch_only: bool  # the value had the wrong type for one member of a union (pydantic reports each)
 
 
-def _validate(data: dict[str, Any], lines: Lines, file: str | None) -> Policy:
+def _validate(data: dict[str, Any], lines: Lines, file: str | None, priced: Callable[[str], bool] | None) -> Policy:
     try:
-        return Policy.model_validate(data)
+        return Policy.model_validate(data, context={"priced": priced})
     except ValidationError as exc:
         issues = _merge_union_branches([_issue(error, data, lines) for error in exc.errors()])
         first, *others = sorted(issues, key=lambda issue: issue.line if issue.line is not None else 1 << 62)

@@ -23,12 +23,13 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from agentguard_otel.money import usd_to_nano
+from agentguard_otel.money import MAX_AMOUNT_NANO, format_usd, usd_to_nano
 from agentguard_otel.scope import Scope
 
 Window = Literal["call", "minute", "hour", "day", "week", "month"]
@@ -43,6 +44,10 @@ SCHEMA_PATH = Path(__file__).with_name("policy.schema.json")
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 
 _STRICT_MODEL = ConfigDict(extra="forbid", frozen=True)
+
+
+# gen_ai.provider.name of the calls a rule can see (allow-list globs may name them: "openai/gpt-4o").
+GEN_AI_PROVIDERS = ("openai", "openrouter", "anthropic", "aws.bedrock")
 
 
 def semantic_error(message: str, *at: str | int) -> PydanticCustomError:
@@ -111,6 +116,9 @@ class Cap(BaseModel):
                                  "downgrade_to")
         if self.rolling and self.window == "call":
             raise semantic_error("a 'call' window cannot be rolling", "rolling")
+        if self.limit_nano > MAX_AMOUNT_NANO:
+            raise semantic_error(f"limit_usd is more than a ledger holds (at most {format_usd(MAX_AMOUNT_NANO)})",
+                                 "limit_usd")
         return self
 
     @property
@@ -165,6 +173,17 @@ class Rule(BaseModel):
             if field in seen:
                 raise semantic_error(f"scope field {field!r} is listed twice", "per", index)
             seen.add(field)
+        return self
+
+    @model_validator(mode="after")
+    def _downgrades_allowed(self) -> Rule:
+        """A downgrade the rule's own model list forbids would send what the policy refuses."""
+        for index, cap in enumerate(self.caps):
+            target = cap.downgrade_to
+            if target is not None and not any(self.model_allowed_by_name(provider, target)
+                                              for provider in GEN_AI_PROVIDERS):
+                raise semantic_error(f"downgrade_to {target!r} is not allowed by this rule's models",
+                                     "caps", index, "downgrade_to")
         return self
 
     @property
@@ -272,6 +291,19 @@ class Policy(BaseModel):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _downgrades_priced(self, info: ValidationInfo) -> Policy:
+        priced = (info.context or {}).get("priced")
+        if priced is None or self.unknown_model != "block":
+            return self
+        for rule_index, rule in enumerate(self.rules):
+            for cap_index, cap in enumerate(rule.caps):
+                if cap.downgrade_to is not None and not priced(cap.downgrade_to):
+                    raise semantic_error(f"downgrade_to {cap.downgrade_to!r} has no known price "
+                                         "(unknown_model: block would block every downgraded call)",
+                                         "rules", rule_index, "caps", cap_index, "downgrade_to")
+        return self
 
     @model_validator(mode="after")
     def _unique_rule_ids(self) -> Policy:

@@ -28,6 +28,10 @@ CACHE_LIMIT = 10_000
 _Entry = tuple[ModelPrice | None, float]
 
 
+# The price-book providers of the adapters' calls (OpenAI and compatible, OpenRouter, Anthropic, Bedrock).
+ADAPTER_PROVIDERS = ("openai", "openrouter", "anthropic", "aws")
+
+
 class PriceBook:
     """Prices by (provider, model). ``lookup`` resolves a pair once and then answers from a cache
     (a dict hit), so pricing never slows the hot path."""
@@ -41,6 +45,10 @@ class PriceBook:
         self._catalog = load_catalog(catalog_dir) if catalog_dir is not None else {}
         self._clock = clock
         self._cache: dict[tuple[str, str], _Entry] = {}
+
+    def knows(self, model: str) -> bool:
+        """Whether a model id has a price under any provider the adapters speak for."""
+        return any(self.lookup(provider, model) is not None for provider in ADAPTER_PROVIDERS)
 
     def lookup(self, provider: str, model: str) -> ModelPrice | None:
         """The price of ``model`` at ``provider``, or ``None`` when no source knows it.
