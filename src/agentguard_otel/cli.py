@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agentguard_otel import config
 from agentguard_otel.errors import AgentGuardError
+from agentguard_otel.ledger.report import printable
 from agentguard_otel.version import __version__
 
 
@@ -61,14 +62,16 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
+        # A receipt file is untrusted input: whatever it says is printed escaped (printable()).
         print(f"receipts checked: {report.receipts} in {len(report.chains)} chain(s)")
         for chain, head in sorted(report.chains.items()):
-            print(f"  {chain}: {head['receipts']} receipts, head seq {head['seq']} {head['hash']}")
+            print(printable(f"  {chain}: {head['receipts']} receipts, head seq {head['seq']} {head['hash']}"))
         for file, line in report.torn:
-            print(f"TORN LINE: {file}:{line} (an append was interrupted)")
+            print(printable(f"TORN LINE: {file}:{line} (an append was interrupted)"))
         if report.first_error is not None:
             err = report.first_error
-            print(f"FAILED: {err['file']}:{err['line']} chain {err['chain']} seq {err['seq']}: {err['reason']}")
+            print(printable(f"FAILED: {err['file']}:{err['line']} chain {err['chain']} seq {err['seq']}: "
+                            f"{err['reason']}"))
         else:
             print("OK: every receipt verifies against the trusted keys")
     return 0 if report.ok else 1

@@ -113,3 +113,17 @@ def test_policy_check_refuses_an_unpriced_downgrade_target(tmp_path: Path, capsy
     assert main(["policy", "check", str(policy)]) == 2
     assert f"{policy}:5: rules[0].caps[0].downgrade_to: downgrade_to 'gpt-4o-mnii' has no known price" in \
         capsys.readouterr().err
+
+
+def test_spend_shows_caller_text_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    with open_ledger(url) as ledger:
+        hostile = "r#0|task=x\n| fake-row  $0.00\x1b[2J\x1b[31m"
+        hold = ledger.reserve([CounterSpec(hostile, 10**9, "day")], 5, 60).hold_id
+        assert hold is not None
+        ledger.settle(hold, 5)
+    assert main(["spend", "--ledger", url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert not any(line.startswith("| fake") for line in out.splitlines())  # no injected row
+    assert "r#0|task=x\\n| fake-row  $0.00\\x1b[2J\\x1b[31m" in out
