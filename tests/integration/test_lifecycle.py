@@ -222,3 +222,36 @@ def test_a_background_response_settles_at_its_reservation_then_is_corrected(serv
     client.responses.retrieve(queued.id)  # fetched again: corrected once only
     assert len([r for r in g.receipts() if r["kind"] == "adjustment"]) == 1
     assert g.verify().ok
+
+
+@pytest.mark.parametrize(("timeout", "retries", "expected"), [
+    (openai.Timeout(None, connect=1.0), 0, 600.0 + 60.0),  # no read limit: the guard's long default
+    (openai.Timeout(30.0, connect=1.0), 2, (1.0 + 30.0 + 30.0 + 30.0) * 3 + 60.0),  # every phase, every attempt
+    (20.0, 0, 4 * 20.0 + 60.0),
+])
+def test_a_hold_lasts_the_call_s_whole_possible_duration(timeout: Any, retries: int, expected: float,
+                                                        server: Any, guarded: GuardFactory,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    g = guarded(ENFORCE, ledger="memory://")
+    ttls: list[float] = []
+    reserve = g.guard.ledger.reserve
+    monkeypatch.setattr(g.guard.ledger, "reserve", lambda specs, amount, ttl: ttls.append(ttl) or reserve(
+        specs, amount, ttl))
+    openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=retries, timeout=timeout) \
+        .chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert ttls == [pytest.approx(expected)]
+
+
+def test_the_largest_of_the_output_limits_and_every_best_of_choice_are_in_the_bound(server: Any,
+                                                                                   guarded: GuardFactory) -> None:
+    g = guarded(ENFORCE, ledger="memory://")
+    client = _client(server)
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10, max_completion_tokens=2000)
+    for best_of in (1, 20):
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi", max_tokens=10, best_of=best_of)
+    chat, one, twenty = [r for r in g.receipts() if r["kind"] == "decision"]
+    assert chat["max_output_tokens"] == 2000  # a server may honour either field: the larger is the bound
+    price = g.guard.prices.lookup("openai", "gpt-3.5-turbo-instruct")
+    assert price is not None
+    all_choices = g.guard.prices.bound_cost_nano(price, 0, 20 * 10)
+    assert one["estimated_nano"] < all_choices <= twenty["estimated_nano"]

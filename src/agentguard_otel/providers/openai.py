@@ -42,7 +42,7 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         input_fields=("messages", "tools", "functions", "response_format", "tool_choice", "prediction"),
         item_field="messages",
         max_output_fields=("max_completion_tokens", "max_tokens"),
-        multiplier_field="n",
+        multiplier_fields=("n",),
         stream_usage_option=True,
         fallback_models_field="models",
     ),
@@ -58,7 +58,7 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         item_field="prompt",
         max_output_fields=("max_tokens",),
         default_max_output=16,  # the legacy API's own default
-        multiplier_field="n",
+        multiplier_fields=("n", "best_of"),
         stream_usage_option=True,
     ),
     "/embeddings": Endpoint(

@@ -59,7 +59,7 @@ class Endpoint:
     item_field: str | None  # the list whose entries each carry a per-message overhead
     max_output_fields: tuple[str, ...] = ()  # caller-set output limits, any of which may be present
     default_max_output: int | None = None  # what the API does when no limit is set
-    multiplier_field: str | None = None  # number of choices generated (``n``)
+    multiplier_fields: tuple[str, ...] = ()  # numbers of choices generated (``n``, ``best_of``): the largest counts
     produces_output: bool = True
     stream_usage_option: bool = False  # usage in a stream only when ``stream_options.include_usage``
     # Other models that may answer instead: entries are model names (OpenRouter ``models``) or objects
@@ -147,22 +147,32 @@ class StainlessAdapter(ABC):
 
 
 def _timeout_seconds(client: Any, options: Any) -> float | None:
-    """The longest the SDK may spend on this call, retries included, for the hold's expiry."""
+    """The longest the SDK may spend on this call, every attempt included, for the hold's expiry:
+    the read timeout (the phase a long call spends its time in) or the total, × (retries + 1).
+    None when a phase that matters has no limit (the guard then holds for its long default, and a
+    stream renews its hold while chunks flow)."""
     timeout = getattr(options, "timeout", None)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+    if not _number(timeout) and type(timeout).__name__ == "NotGiven":
         timeout = getattr(client, "timeout", None)
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        seconds = float(timeout)
-    else:
-        parts = [getattr(timeout, name, None) for name in ("connect", "read", "write", "pool")]
-        numbers = [float(p) for p in parts if isinstance(p, (int, float))]
-        if not numbers:
-            return None
-        seconds = max(numbers)  # each phase has its own limit; progress renews a streaming hold
+    if timeout is None:
+        return None
+    phases = [timeout] * len(_PHASES) if _number(timeout) else [getattr(timeout, name, None) for name in _PHASES]
+    seconds = 0.0
+    for phase in phases:  # a call can spend each phase's limit in turn
+        if not isinstance(phase, (int, float)) or isinstance(phase, bool):
+            return None  # e.g. Timeout(None, connect=1.0): a call may take as long as it likes
+        seconds += float(phase)
     retries = getattr(options, "max_retries", None)
     if not isinstance(retries, int):
         retries = getattr(client, "max_retries", 0)
     return seconds * (1 + (retries if isinstance(retries, int) else 0))
+
+
+_PHASES = ("connect", "read", "write", "pool")  # httpx's timeouts; a single number sets all four
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _fallback_entries(body: Mapping[str, Any], endpoint: Endpoint) -> list[Any]:
@@ -240,9 +250,12 @@ class StainlessHook:
                 part = measure_input(body[name], self.adapter.is_image)
                 measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
         items = body.get(endpoint.item_field) if endpoint.item_field else None
-        asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int)]
-        max_output = min(asked) if asked else endpoint.default_max_output
-        multiplier = body.get(endpoint.multiplier_field) if endpoint.multiplier_field else None
+        # Where several limit fields are set, the provider may honour any: the bound takes the largest.
+        asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int) and not isinstance(v, bool)]
+        max_output = max(asked) if asked else endpoint.default_max_output
+        # every choice a call may generate is billed (``n``; legacy ``best_of`` generates that many)
+        multiplier = max((v for f in endpoint.multiplier_fields if isinstance(v := body.get(f), int)
+                          and not isinstance(v, bool) and v > 0), default=1)
         entries = _fallback_entries(body, endpoint)
         fallbacks = tuple(m for e in entries if isinstance(m := _entry_model(e), str) and m != model)
         entry_limits = [n for e in entries for f in endpoint.max_output_fields
@@ -261,7 +274,7 @@ class StainlessHook:
             input_items=len(items) if isinstance(items, list) else 1,
             input_images=measure.images,
             max_output_tokens=max_output,
-            output_multiplier=multiplier if isinstance(multiplier, int) and multiplier > 0 else 1,
+            output_multiplier=multiplier,
             produces_output=endpoint.produces_output,
             server_address=getattr(url, "host", None),
             server_port=getattr(url, "port", None),
