@@ -121,6 +121,32 @@ def _spend(args: argparse.Namespace) -> int:
     return 0
 
 
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _ttl_seconds(text: str) -> int:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _TTL_UNITS else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise AgentGuardError(f"--ttl takes a positive duration such as 90s, 15m, 8h or 1d, got {text!r}")
+    return int(number) * _TTL_UNITS[unit]
+
+
+def _claim_issue(args: argparse.Namespace) -> int:
+    import secrets
+    import time
+
+    from agentguard_otel.receipts import SigningKey
+    from agentguard_otel.scope import CapabilityClaim, encode_claim
+
+    key = SigningKey.load(Path(args.key))
+    now = int(time.time())
+    bound = {name: value for name in ("tenant", "team", "user", "task") if (value := getattr(args, name))}
+    claim = CapabilityClaim(issuer=args.issuer, capability=args.capability, scope=bound, not_before=now,
+                            expires=now + _ttl_seconds(args.ttl), claim_id=secrets.token_hex(8))
+    print(encode_claim(claim, key.sign))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agentguard_otel.demo.run import run_demo
 
@@ -165,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="only counters whose key starts with this (e.g. a rule id)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_spend)
+
+    p = sub.add_parser("claim", help="signed capability claims")
+    claim_sub = p.add_subparsers(dest="claim_command", required=True)
+    issue = claim_sub.add_parser("issue", help="sign a capability claim bound to a scope; prints the token")
+    issue.add_argument("--key", required=True, help="the issuer's Ed25519 private key")
+    issue.add_argument("--issuer", required=True, help="the issuer id the policy's capability_issuers lists")
+    issue.add_argument("--capability", required=True,
+                       choices=("read_only", "data_write", "payment_initiate", "payment_execute"))
+    for name in ("tenant", "team", "user", "task"):
+        issue.add_argument(f"--{name}", help=f"the {name} the claim is bound to (a call must match it)")
+    issue.add_argument("--ttl", default="15m", help="how long the claim is valid: 90s, 15m, 8h, 1d (default 15m)")
+    issue.set_defaults(func=_claim_issue)
 
     p = sub.add_parser("demo", help="a short guarded agent loop against a built-in local endpoint")
     p.add_argument("--calls", type=int, default=12, help="agent loop iterations")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, NoReturn
 from urllib.parse import quote
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from agentguard_otel.call import Action, CapRef, Decision, LLMRequest, RequestChanges, ResponseInfo, UnknownEndpoint
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
 from agentguard_otel.ledger import CounterSpec, CounterState, Ledger, Reservation
@@ -31,7 +33,15 @@ from agentguard_otel.pricing import (
     input_token_bound,
 )
 from agentguard_otel.receipts import ReceiptWriter
-from agentguard_otel.scope import Scope, capability_satisfies, current_scope
+from agentguard_otel.scope import (
+    CapabilityClaim,
+    ClaimRefused,
+    Scope,
+    capability_satisfies,
+    current_claim,
+    current_scope,
+    verify_claim,
+)
 from agentguard_otel.telemetry import BLOCKED_ERROR_TYPE, BudgetReading, CallSpan, Settled, Telemetry
 
 logger = logging.getLogger(__name__)
@@ -108,8 +118,10 @@ class Guard:
     """Decides, reserves, signs and settles; one instance per instrumentation."""
 
     def __init__(self, *, policy: Policy, prices: PriceBook, ledger: Ledger, receipts: ReceiptWriter,
-                 telemetry: Telemetry, guarded_hosts: tuple[str, ...] = ()) -> None:
+                 telemetry: Telemetry, guarded_hosts: tuple[str, ...] = (),
+                 issuers: Mapping[str, Ed25519PublicKey] | None = None) -> None:
         self.policy = policy
+        self.issuers = dict(issuers or {})  # capability claim issuers the policy trusts, by id
         self.guarded_hosts = guarded_hosts  # hosts besides the known LLM hosts that the tripwire watches
         self.prices = prices
         self.ledger = ledger
@@ -213,19 +225,21 @@ class Guard:
 
     def begin(self, request: LLMRequest) -> GuardedCall:
         """Decide the call and place its hold; raises :class:`AgentGuardBlocked` when blocked."""
-        scope = current_scope()
+        scope, claim, claim_error = self._caller()
         if request.deployment is not None:
             # The deployment decides which model answers: price and allow-list what it serves.
             request = replace(request, model=self.policy.azure_deployments.get(request.deployment, request.deployment))
         span = self.telemetry.start_call(request, scope)
         try:
-            decision = self._decide(request, scope)
+            decision = self._decide(request, scope, claim_error)
         except Exception as exc:  # a bug of ours: block in enforce mode, let it through (recorded) in shadow
             logger.exception("agentguard: could not decide a call")
             decision = self._undecided(request, exc)
         receipt: dict[str, Any] | None
+        body = self._decision_body(request, scope, decision)
+        body["capability_claim"] = {"issuer": claim.issuer, "id": claim.claim_id} if claim else None
         try:
-            receipt = self._sign("decision", self._decision_body(request, scope, decision), span)
+            receipt = self._sign("decision", body, span)
         except (OSError, ValueError) as exc:
             decision = self._unsigned(decision, exc)
             receipt = None
@@ -255,15 +269,28 @@ class Guard:
                         estimated_nano=0, price=price, max_output_tokens=request.max_output_tokens,
                         changes=RequestChanges(), degraded=True)
 
-    def _decide(self, request: LLMRequest, scope: Scope) -> Decision:
-        plan = self._plan(request, scope)
+    def _caller(self) -> tuple[Scope, CapabilityClaim | None, str | None]:
+        """The caller's scope, with the capability of a valid signed claim when it presents one and
+        holds none explicitly; and the claim, or why it was refused."""
+        scope = current_scope()
+        token = current_claim()
+        if token is None or scope.capability is not None:
+            return scope, None, None
+        try:
+            claim = verify_claim(token, self.issuers, scope, time.time())
+        except ClaimRefused as refused:
+            return scope, None, str(refused)
+        return replace(scope, capability=claim.capability), claim, None
+
+    def _decide(self, request: LLMRequest, scope: Scope, claim_error: str | None = None) -> Decision:
+        plan = self._plan(request, scope, claim_error)
         if not self.enforcing:
             return self._shadow(plan)
         if plan.violation is not None:
             return self._decision(plan, plan.violation, plan.pricing(self))
         return self._enforce(plan)
 
-    def _plan(self, request: LLMRequest, scope: Scope) -> _Plan:
+    def _plan(self, request: LLMRequest, scope: Scope, claim_error: str | None) -> _Plan:
         """Everything the decision needs that the ledger does not say: the rules, the prices of
         every model that may answer, the checks that need no ledger, the caps and the output bound."""
         rules = self.policy.matching_rules(scope)
@@ -281,7 +308,7 @@ class Guard:
         return _Plan(request=request, call_id=uuid.uuid4().hex, caps=caps, price=price, unknown=unknown,
                      fallback_prices=tuple(p for p, _ in fallbacks), output_bound=output_bound,
                      clamp=output_bound if inject and self.enforcing else None,
-                     violation=self._violation(request, scope, rules, candidates, unknown))
+                     violation=self._violation(request, scope, rules, candidates, unknown, claim_error))
 
     def _shadow(self, plan: _Plan) -> Decision:
         """Shadow mode: hold everything, enforce nothing, record what enforcement would have done."""
@@ -393,14 +420,15 @@ class Guard:
                        hold_id=None, changes=RequestChanges(), degraded=True)
 
     def _violation(self, request: LLMRequest, scope: Scope, rules: list[Rule],
-                   candidates: list[tuple[str, ModelPrice]], unknown: bool) -> _Outcome | None:
+                   candidates: list[tuple[str, ModelPrice]], unknown: bool, claim_error: str | None) -> _Outcome | None:
         """Checks that need no ledger: capability, model allow-lists (for every model that may
         answer), unknown model."""
         for rule in rules:
             required = rule.require_capability
             if required is not None and not capability_satisfies(scope.capability, required):
                 held = scope.capability or "none"
-                return _Outcome("block", f"rule {rule.id} requires capability {required}, caller has {held}",
+                why = f" ({claim_error})" if claim_error else ""
+                return _Outcome("block", f"rule {rule.id} requires capability {required}, caller has {held}{why}",
                                 rule.id)
             models = rule.models
             if models is None:

@@ -13,13 +13,16 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Collection
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import wrapt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
@@ -27,10 +30,10 @@ from agentguard_otel import config, scope
 from agentguard_otel.errors import ConfigError
 from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.ledger import open_ledger
-from agentguard_otel.policy import load_policy
+from agentguard_otel.policy import Policy, load_policy
 from agentguard_otel.pricing import PriceBook
 from agentguard_otel.providers import INTEGRATION_MODULES, Hook, Integration, integration
-from agentguard_otel.receipts import ReceiptWriter
+from agentguard_otel.receipts import ReceiptWriter, load_public_keys
 from agentguard_otel.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -124,7 +127,21 @@ def _build_guard(settings: config.Settings, kwargs: dict[str, Any]) -> Guard:
     scope.set_defaults(settings.scope_defaults, policy.trust_baggage)
     logger.info("agentguard: ledger %s, receipts in %s", ledger.location, settings.receipts)
     return Guard(policy=policy, prices=prices, ledger=ledger, receipts=receipts, telemetry=telemetry,
-                 guarded_hosts=settings.guarded_hosts)
+                 guarded_hosts=settings.guarded_hosts, issuers=_issuers(policy, settings.policy))
+
+
+def _issuers(policy: Policy, source: object) -> dict[str, Ed25519PublicKey]:
+    """The claim issuers' public keys, each path relative to the policy file (or the working
+    directory for a policy given as data); an unreadable or ambiguous key is a configuration error."""
+    base = Path(os.fspath(source)).parent if isinstance(source, (str, os.PathLike)) else Path()
+    issuers: dict[str, Ed25519PublicKey] = {}
+    for index, issuer in enumerate(policy.capability_issuers):
+        keys = list(load_public_keys([base / issuer.public_key]).values())
+        if len(keys) != 1:
+            raise ConfigError(f"capability_issuers[{index}].public_key: {issuer.public_key} must hold exactly one "
+                              f"Ed25519 public key, it holds {len(keys)}")
+        issuers[issuer.id] = keys[0]
+    return issuers
 
 
 def _supported(found: Integration, trigger: str) -> bool:

@@ -1,4 +1,5 @@
-"""Who is calling. Explicit ``scope(...)`` wins over OTel baggage, baggage over environment defaults.
+"""Who is calling. Explicit ``scope(...)`` wins over trusted OTel baggage, baggage over environment defaults;
+a capability comes from an explicit ``scope(capability=...)`` or from a signed capability claim.
 
 The explicit scope lives in a contextvar (so it follows asyncio tasks and ``contextvars.copy_context``)
 and is also written to baggage, so it crosses process boundaries with normal context propagation.
@@ -6,6 +7,8 @@ and is also written to baggage, so it crosses process boundaries with normal con
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +18,10 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
+import rfc8785
 import wrapt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import baggage, context
 from opentelemetry.instrumentation.utils import unwrap
 
@@ -55,8 +61,11 @@ _NO_SCOPE: Mapping[str, str] = MappingProxyType({})
 _explicit: ContextVar[Mapping[str, str]] = ContextVar("agentguard_scope", default=_NO_SCOPE)
 
 
+CLAIM_FIELD = "capability_claim"  # a signed claim travels beside the scope (explicitly or in baggage)
+
+
 def _validate(values: Mapping[str, str | None]) -> dict[str, str]:
-    unknown = set(values) - set(SCOPE_FIELDS)
+    unknown = set(values) - set(SCOPE_FIELDS) - {CLAIM_FIELD}
     if unknown:
         raise TypeError(f"unknown scope field(s): {', '.join(sorted(unknown))}; known: {', '.join(SCOPE_FIELDS)}")
     clean: dict[str, str] = {}
@@ -140,6 +149,101 @@ def set_defaults(defaults: Mapping[str, str], trusted_baggage: Iterable[str] = (
         raise ValueError(f"baggage can be trusted for {', '.join(BAGGAGE_FIELDS)} only")
     _defaults = _validate(defaults)
     _trusted_baggage = trusted
+
+
+def current_claim() -> str | None:
+    """The capability claim presented with the call: given to ``scope(capability_claim=...)`` or
+    carried in baggage (``agentguard.capability_claim``; being signed, it needs no trust in baggage)."""
+    explicit = _explicit.get().get(CLAIM_FIELD)
+    if explicit is not None:
+        return explicit
+    carried = baggage.get_baggage(BAGGAGE_PREFIX + CLAIM_FIELD)
+    return carried if isinstance(carried, str) and carried else None
+
+
+# -- signed capability claims -----------------------------------------------------------------
+
+CLAIM_PREFIX = "agc1"  # token format version
+CLAIM_SCOPE_FIELDS = ("tenant", "team", "user", "task")  # what a claim may bind its capability to
+
+
+class ClaimRefused(ValueError):
+    """A capability claim that grants nothing; the message says why (never the token itself)."""
+
+
+@dataclass(frozen=True)
+class CapabilityClaim:
+    """An issuer's signed statement: whoever matches ``scope`` holds ``capability`` until ``expires``."""
+
+    issuer: str
+    capability: str
+    scope: Mapping[str, str]
+    not_before: int  # seconds since the epoch
+    expires: int
+    claim_id: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"v": 1, "iss": self.issuer, "cap": self.capability, "scope": dict(self.scope),
+                "nbf": self.not_before, "exp": self.expires, "jti": self.claim_id}
+
+
+def encode_claim(claim: CapabilityClaim, sign: Callable[[bytes], bytes]) -> str:
+    """The compact token: ``agc1.<payload>.<signature>``, base64url, the payload RFC 8785 canonical
+    JSON and the signature Ed25519 over those bytes."""
+    if claim.capability not in CAPABILITY_LEVELS:
+        raise ValueError(f"unknown capability {claim.capability!r}; known: {', '.join(CAPABILITY_LEVELS)}")
+    unknown = set(claim.scope) - set(CLAIM_SCOPE_FIELDS)
+    if unknown:
+        raise ValueError(f"a claim binds {', '.join(CLAIM_SCOPE_FIELDS)} only, not {', '.join(sorted(unknown))}")
+    body = rfc8785.dumps(claim.payload())
+    return f"{CLAIM_PREFIX}.{_b64(body)}.{_b64(sign(body))}"
+
+
+def verify_claim(token: str, issuers: Mapping[str, Ed25519PublicKey], scope: Scope, now: float) -> CapabilityClaim:
+    """The claim, if it is well formed, signed by the issuer it names (one the policy lists), in its
+    validity period, and bound to scope fields that all match the call's; else :class:`ClaimRefused`."""
+    prefix, _, rest = token.partition(".")
+    body_text, _, sig_text = rest.partition(".")
+    try:
+        if prefix != CLAIM_PREFIX:
+            raise ValueError("not an agc1 token")
+        body, signature = _unb64(body_text), _unb64(sig_text)
+        payload = json.loads(body)
+        claim = CapabilityClaim(issuer=str(payload["iss"]), capability=str(payload["cap"]),
+                                scope={str(k): str(v) for k, v in dict(payload["scope"]).items()},
+                                not_before=int(payload["nbf"]), expires=int(payload["exp"]),
+                                claim_id=str(payload["jti"]))
+        canonical = rfc8785.dumps(claim.payload()) == body and payload.get("v") == 1
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClaimRefused("capability claim is malformed") from exc
+    key = issuers.get(claim.issuer)
+    if key is None:
+        raise ClaimRefused(f"capability claim issuer {claim.issuer!r} is not trusted by the policy")
+    try:
+        key.verify(signature, body)
+    except InvalidSignature as exc:
+        raise ClaimRefused(f"capability claim {claim.claim_id!r} has an invalid signature") from exc
+    if not canonical or claim.capability not in CAPABILITY_LEVELS:
+        raise ClaimRefused(f"capability claim {claim.claim_id!r} is malformed")
+    if not claim.not_before <= now < claim.expires:
+        raise ClaimRefused(f"capability claim {claim.claim_id!r} is not valid now (expired or not yet valid)")
+    mismatched = [f for f, value in claim.scope.items() if scope.get(f) != value]
+    if mismatched:
+        raise ClaimRefused(f"capability claim {claim.claim_id!r} is bound to another {', '.join(mismatched)}")
+    return claim
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or not all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
+        raise ValueError("not base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:  # only the canonical spelling: no two tokens for one claim
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def current_scope() -> Scope:

@@ -229,6 +229,16 @@ class UnknownModelPrice(BaseModel):
         return usd_to_nano(self.output_usd_per_mtok)
 
 
+class Issuer(BaseModel):
+    """A key whose signed capability claims the guard accepts."""
+
+    model_config = _STRICT_MODEL
+
+    id: Annotated[str, Field(min_length=1)] = Field(description="The issuer id a claim names.")
+    public_key: Annotated[str, Field(min_length=1)] = Field(
+        description="Path of the issuer's Ed25519 public key (PEM), relative to the policy file.")
+
+
 class CreditCheck(BaseModel):
     """Pre-flight check of the provider key's remaining credit, for providers that report it
     (OpenRouter's ``/api/v1/key``); asked at most once per interval per key."""
@@ -275,6 +285,8 @@ class Policy(BaseModel):
         default_factory=list,
         description="Scope fields taken from inbound OTel baggage (default none: any HTTP client can send "
                     "baggage). A capability is never taken from baggage.")
+    capability_issuers: list[Issuer] = Field(
+        default_factory=list, description="Keys whose signed capability claims grant a capability.")
     azure_deployments: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
         description="Azure OpenAI deployment name -> the model it serves. A deployment not listed is priced "
