@@ -42,6 +42,10 @@ class LLMRequest:
     fallback_models: tuple[str, ...] = ()  # other models that may answer (OpenRouter ``models``)
     credit_remaining_nano: int | None = None  # the key's remaining credit, when asked for and reported
     deployment: str | None = None  # the provider routes by this name, not by ``model`` (an Azure deployment)
+    # Input the provider bills that the request does not carry (a previous response, a stored prompt,
+    # a file by id, a document): what it is, for the refusal's reason; None when all input is here.
+    unseen_input: str | None = None
+    input_overhead_tokens: int = 0  # tokens the provider adds itself (a tool-use system prompt)
 
 
 @dataclass(frozen=True)

@@ -440,6 +440,12 @@ class Guard:
                 if ceiling is not None and (price.source == "fallback" or price.max_input > ceiling):
                     return _Outcome("block", f"model {model} costs more than rule {rule.id} allows "
                                     f"per 1M input tokens", rule.id)
+        if request.unseen_input is not None and self.policy.estimation == "strict":
+            unbounded = [model for model, price in candidates if price.context_window is None]
+            if unbounded:
+                return _Outcome("block", f"input the request does not carry ({request.unseen_input}) cannot be "
+                                f"bounded: the context window of {', '.join(unbounded)} is unknown "
+                                "(refused in strict estimation)")
         check = self.policy.credit_check
         remaining = request.credit_remaining_nano
         if check is not None and remaining is not None and remaining < check.min_remaining_nano:
@@ -472,11 +478,19 @@ class Guard:
         return self.policy.default_max_output_tokens, False
 
     def _estimate(self, request: LLMRequest, prices: list[ModelPrice], output_bound: int | None) -> int:
-        """The price bound of the call: of its most expensive candidate model."""
-        input_tokens = input_token_bound(request.input_bytes, request.input_items, request.input_images,
-                                         self.policy.estimation)
+        """The price bound of the call: of its most expensive candidate model. Input the request
+        does not carry is bounded by each model's context window (the request is refused in strict
+        mode when a window is unknown: see _violation)."""
+        shown = input_token_bound(request.input_bytes, request.input_items, request.input_images,
+                                  self.policy.estimation) + request.input_overhead_tokens
         output_tokens = (output_bound or 0) * request.output_multiplier
-        return max(self.prices.bound_cost_nano(price, input_tokens, output_tokens) for price in prices)
+
+        def input_tokens(price: ModelPrice) -> int:
+            if request.unseen_input is None or price.context_window is None:
+                return shown
+            return max(shown, price.context_window)
+
+        return max(self.prices.bound_cost_nano(price, input_tokens(price), output_tokens) for price in prices)
 
     def _spec(self, ref: CapRef, enforce: bool) -> CounterSpec:
         return CounterSpec(key=ref.counter, limit_nano=ref.cap.limit_nano, window=ref.cap.window,  # type: ignore[arg-type]

@@ -32,7 +32,8 @@ def test_sync_writes_a_normalized_catalog(catalog_dir: Path) -> None:
     assert document["skipped"] == ["openrouter/auto"]  # prompt/completion "-1": unknown
     assert document["models"]["anthropic/claude-haiku-4.5"] == {
         "input": 1_000_000_000, "output": 5_000_000_000, "cache_read": 100_000_000,
-        "cache_write": 1_250_000_000, "cache_write_1h": 2_000_000_000, "per_request": 0, "per_image": 0}
+        "cache_write": 1_250_000_000, "cache_write_1h": 2_000_000_000, "per_request": 0, "per_image": 0,
+        "context_length": 200_000}  # bounds input a request does not carry
     # a distinct reasoning price survives; "0.0000025" is also its completion price
     assert document["models"]["perplexity/sonar-deep-research"]["reasoning"] == 3_000_000_000
     # USD 0.00000008333333333333334 per token has more than nine decimals per MTok: rounded up
@@ -45,7 +46,7 @@ def test_sync_writes_a_normalized_catalog(catalog_dir: Path) -> None:
 def test_catalog_prices_win_over_bundled_data(catalog_dir: Path) -> None:
     book = PriceBook(catalog_dir=catalog_dir)
     haiku = book.lookup("openrouter", "anthropic/claude-haiku-4.5")
-    assert haiku is not None and haiku.source == "openrouter"
+    assert haiku is not None and haiku.source == "openrouter" and haiku.context_window == 200_000
     assert (haiku.input, haiku.output, haiku.cache_read, haiku.cache_write, haiku.cache_write_1h) == (
         1_000_000_000, 5_000_000_000, 100_000_000, 1_250_000_000, 2_000_000_000)
     dashed = book.lookup("openrouter", "anthropic/claude-haiku-4-5:floor")

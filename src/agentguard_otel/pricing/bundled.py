@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
 
@@ -50,7 +51,11 @@ def bundled_price(source: gp.Provider, model: str, at: datetime) -> tuple[ModelP
     info = source.find_model(model, all_providers=data_snapshot.get_snapshot().providers)
     if info is None:
         return None, math.inf
-    return convert(source.id, model, info.get_prices(at)), _valid_until(info, at)
+    price = convert(source.id, model, info.get_prices(at))
+    window = info.context_window
+    if price is not None and isinstance(window, int) and window > 0:
+        price = replace(price, context_window=window)
+    return price, _valid_until(info, at)
 
 
 def convert(provider: str, model: str, prices: gp.ModelPrice) -> ModelPrice | None:

@@ -7,6 +7,7 @@ so no process depends on the network at start-up or on the hot path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -90,11 +91,11 @@ def load_catalog(catalog_dir: Path) -> dict[str, ModelPrice]:
             raise ValueError(f"format is {document.get('format')!r}, expected {CATALOG_FORMAT!r}")
         entries: dict[str, ModelPrice] = {}
         for model_id, rates in document["models"].items():
-            entries[model_id.lower()] = flat_price(
+            entries[model_id.lower()] = dataclasses.replace(flat_price(
                 "", "", "openrouter", input=rates["input"], output=rates["output"],
                 cache_read=rates.get("cache_read"), cache_write=rates.get("cache_write"),
                 cache_write_1h=rates.get("cache_write_1h"), reasoning=rates.get("reasoning"),
-                per_request=rates.get("per_request", 0))
+                per_request=rates.get("per_request", 0)), context_window=rates.get("context_length"))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: damaged OpenRouter catalog ({exc}); run `agentguard pricing sync` "
                           f"again") from exc
@@ -150,6 +151,9 @@ def _normalize(document: Any, source: str) -> tuple[dict[str, dict[str, int]], l
         if rates is None:
             skipped.append(model_id)
         else:
+            window = item.get("context_length")
+            if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+                rates["context_length"] = window
             models[model_id] = rates
     return models, skipped
 

@@ -60,6 +60,9 @@ class ModelPrice:
     reasoning: int | None = None
     per_request: int = 0
     tiers: tuple[PriceTier, ...] = ()
+    context_window: int | None = None
+    """Most tokens one request can carry (input + output), where the price data says: it bounds
+    input the request does not show (a previous response, a stored prompt, a file)."""
     bound_input: int = field(init=False, repr=False, compare=False)
     """Highest rate any input token can be billed at: plain, cached or cache-write, in any tier."""
     bound_output: int = field(init=False, repr=False, compare=False)

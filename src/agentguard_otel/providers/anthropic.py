@@ -14,7 +14,7 @@ from typing import Any
 from agentguard_otel.call import ResponseInfo
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import Integration
-from agentguard_otel.providers.base import UsageFields, get_path
+from agentguard_otel.providers.base import UsageFields, find_unseen, get_path
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
@@ -137,6 +137,19 @@ class MessagesReader:
         self.info.usage = tokens
 
 
+TOOL_USE_SYSTEM_PROMPT_TOKENS = 1024
+
+
+def _anthropic_unseen(part: Mapping[str, Any]) -> str | None:
+    kind = part.get("type")
+    if kind in ("document", "container_upload", "search_result") or "file_id" in part:
+        return f"a {kind or 'file'} block"
+    if isinstance(kind, str) and (kind.startswith(("web_search", "web_fetch", "code_execution")) or
+                                  kind in ("bash_20250124", "computer_20250124")):
+        return f"the {kind} server tool's results"
+    return None
+
+
 class AnthropicAdapter(StainlessAdapter):
     module = "anthropic"
     endpoints = ENDPOINTS
@@ -159,6 +172,18 @@ class AnthropicAdapter(StainlessAdapter):
 
     def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
         return MessagesReader()
+
+    def unseen_input(self, body: Mapping[str, Any]) -> str | None:
+        """Documents (a PDF's pages are billed as text and images), files by id, server tools'
+        results and MCP servers: billed as input, not measurable from the body."""
+        if body.get("mcp_servers"):
+            return "MCP servers' tool results"
+        return find_unseen([body.get("messages"), body.get("tools")], _anthropic_unseen)
+
+    def input_overhead_tokens(self, body: Mapping[str, Any]) -> int:
+        # Anthropic adds a tool-use system prompt when tools are given (documented per model, at most
+        # a few hundred tokens); the bound takes a margin above the largest documented figure.
+        return TOOL_USE_SYSTEM_PROMPT_TOKENS if body.get("tools") else 0
 
     def prepare_body(self, data: Any) -> Any:
         # Recent SDKs pass the caller's arguments to ``request`` as given (omitted markers,

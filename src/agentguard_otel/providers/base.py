@@ -132,6 +132,22 @@ class InputMeasure:
     images: int = 0
 
 
+def find_unseen(value: Any, unseen: Callable[[Mapping[str, Any]], str | None]) -> str | None:
+    """The first part of a request body that stands for input the body does not carry (as the
+    adapter's ``unseen`` says: a file by id, a document, a video by URI), or None."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            found = unseen(item)
+            if found is not None:
+                return found
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
 def measure_input(value: Any, is_image: Callable[[Mapping[str, Any]], bool]) -> InputMeasure:
     """Size the input for a token bound: UTF-8 bytes of every key and string (a byte-level BPE
     token covers at least one byte), structural punctuation, and images counted apart (their

@@ -29,7 +29,15 @@ from agentguard_otel.call import LLMRequest, MalformedResponse, RequestChanges, 
 from agentguard_otel.lifecycle import Settler, run
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Integration
-from agentguard_otel.providers.base import InputMeasure, Path, UsageFields, caused_by, get_path, measure_input
+from agentguard_otel.providers.base import (
+    InputMeasure,
+    Path,
+    UsageFields,
+    caused_by,
+    find_unseen,
+    get_path,
+    measure_input,
+)
 from agentguard_otel.providers.stream import BodyObserver, loads, read_whole
 
 SERVICE = "bedrock-runtime"
@@ -374,6 +382,7 @@ def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prep
         listed = body.get(family.item_field) if family.item_field else None
         items = len(listed) if isinstance(listed, list) else 1
     asked = get_path(body, family.max_output) if family.max_output and body is not None else None
+    unseen = find_unseen([body.get(name) for name in family.input_fields], _unseen) if body is not None else None
     host, port = _server(client)
     request = LLMRequest(
         provider=PROVIDER,
@@ -389,8 +398,19 @@ def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prep
         server_address=host,
         server_port=port,
         timeout_seconds=_timeout_seconds(client),
+        unseen_input=unseen,
     )
     return Prepared(request, operation, family, copy, body)
+
+
+def _unseen(part: Mapping[str, Any]) -> str | None:
+    """Converse/Nova document and video blocks, content by S3 reference, Anthropic document blocks."""
+    if "s3Location" in part:
+        return "content by S3 reference"
+    for kind in ("document", "video"):
+        if isinstance(part.get(kind), Mapping) or part.get("type") == kind:
+            return f"a {kind} block"
+    return None
 
 
 class BedrockHook:

@@ -15,7 +15,7 @@ from agentguard_otel.call import MalformedResponse, ResponseInfo, UnknownEndpoin
 from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.money import usd_to_nano
 from agentguard_otel.providers import GuardRef, Hooks, Integration
-from agentguard_otel.providers.base import UsageFields, get_path
+from agentguard_otel.providers.base import UsageFields, find_unseen, get_path
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
@@ -221,6 +221,14 @@ class EmbeddingsReader(_Reader):
         return False
 
 
+def _openai_unseen(part: Mapping[str, Any]) -> str | None:
+    if part.get("type") in ("input_file", "file") or "file_id" in part or "file_url" in part:
+        return "a file by reference"
+    if part.get("type") in ("file_search", "mcp", "code_interpreter", "web_search", "web_search_preview"):
+        return f"the {part['type']} tool's results"
+    return None
+
+
 class OpenAIAdapter(StainlessAdapter):
     module = "openai"
     endpoints = ENDPOINTS
@@ -235,6 +243,16 @@ class OpenAIAdapter(StainlessAdapter):
 
     def is_image(self, part: Mapping[str, Any]) -> bool:
         return part.get("type") in ("image_url", "input_image", "image_file")
+
+    def unseen_input(self, body: Mapping[str, Any]) -> str | None:
+        """Earlier turns (``previous_response_id``, ``conversation``), a stored prompt, or a file by id
+        or URL: billed as input, not in the body."""
+        for name in ("previous_response_id", "conversation"):
+            if body.get(name):
+                return name
+        if isinstance(body.get("prompt"), Mapping):
+            return "a stored prompt"
+        return find_unseen([body.get(f) for f in ("messages", "input", "tools")], _openai_unseen)
 
     def deployment(self, client: Any, body: Mapping[str, Any]) -> str | None:
         """Azure OpenAI routes by deployment: the client's ``azure_deployment``, a ``/deployments/X``

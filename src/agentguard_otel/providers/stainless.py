@@ -116,6 +116,14 @@ class StainlessAdapter(ABC):
         """:meth:`prepare_body` for async clients: files are read without blocking the event loop."""
         return data
 
+    def unseen_input(self, body: Mapping[str, Any]) -> str | None:
+        """What the provider bills as input that the body does not carry (None: all of it is here)."""
+        return None
+
+    def input_overhead_tokens(self, body: Mapping[str, Any]) -> int:
+        """Input tokens the provider adds to the request itself (a documented tool-use system prompt)."""
+        return 0
+
     def deployment(self, client: Any, body: Mapping[str, Any]) -> str | None:
         """The name the provider routes this call by instead of its ``model`` (an Azure deployment);
         None where the body's model is what answers."""
@@ -281,6 +289,8 @@ class StainlessHook:
             timeout_seconds=_timeout_seconds(client, options),
             fallback_models=fallbacks,
             deployment=self.adapter.deployment(client, body),
+            unseen_input=self.adapter.unseen_input(body),
+            input_overhead_tokens=self.adapter.input_overhead_tokens(body),
         )
         return Prepared(request, endpoint, path, body)
 

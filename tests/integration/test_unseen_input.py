@@ -1,0 +1,95 @@
+"""Strict means proven, or refused: input the provider bills that the request does not carry is
+bounded by the model's context window × its top input rate, or the call is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import boto3
+import openai
+import pytest
+
+from agentguard_otel import AgentGuardBlocked
+from tests.conftest import Guarded, GuardFactory
+from tests.servers.anthropic_server import LocalAnthropicServer
+from tests.servers.bedrock_server import LocalBedrockServer
+
+STRICT = {"version": 1, "mode": "enforce", "estimation": "strict",
+          "rules": [{"id": "all", "caps": [{"limit_usd": 100, "window": "day", "action": "block"}]}]}
+
+
+def _decision(g: Guarded) -> dict[str, Any]:
+    (decision,) = [r for r in g.receipts() if r["kind"] == "decision"]
+    return decision
+
+
+def _window_cost(g: Guarded, provider: str, model: str) -> int:
+    price = g.guard.prices.lookup(provider, model)
+    assert price is not None and price.context_window is not None
+    return g.guard.prices.bound_cost_nano(price, price.context_window, 0)
+
+
+@pytest.mark.parametrize("extra", [{"previous_response_id": "resp_earlier"}, {"conversation": "conv_1"},
+                                   {"prompt": {"id": "pmpt_1", "version": "2"}}])
+def test_earlier_turns_and_stored_prompts_are_bounded_by_the_context_window(extra: dict[str, Any], server: Any,
+                                                                           guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0).responses.create(
+        model="gpt-4o-mini", input="and now?", max_output_tokens=16, **extra)
+    assert _decision(g)["estimated_nano"] >= _window_cost(g, "openai", "gpt-4o-mini")
+
+
+def test_a_file_by_id_is_bounded_too(server: Any, guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "summarise"}, {"type": "file", "file": {"file_id": "file-abc"}}]}])
+    assert _decision(g)["estimated_nano"] >= _window_cost(g, "openai", "gpt-4o-mini")
+
+
+def test_unseen_input_of_a_model_with_no_known_window_is_refused_in_strict(server: Any,
+                                                                          guarded: GuardFactory) -> None:
+    guarded({**STRICT, "unknown_model": "allow"}, ledger="memory://")
+    with pytest.raises(AgentGuardBlocked, match=r"input the request does not carry \(previous_response_id\) "
+                                                r"cannot be bounded"):
+        openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0).responses.create(
+            model="house-model-7", input="and now?", previous_response_id="resp_earlier")
+    assert server.requests == []
+
+
+def test_anthropic_documents_and_the_tool_use_prompt_are_in_the_bound(guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    with LocalAnthropicServer() as srv:
+        client = anthropic.Anthropic(base_url=srv.base_url, api_key="sk", max_retries=0)
+        base = {"model": "claude-haiku-4-5", "max_tokens": 16}
+        client.messages.create(**base, messages=[{"role": "user", "content": "hi"}])
+        client.messages.create(**base, messages=[{"role": "user", "content": "hi"}], tools=[
+            {"name": "t", "description": "d", "input_schema": {"type": "object"}}])
+        client.messages.create(**base, messages=[{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
+            {"type": "text", "text": "summarise"}]}])
+    plain, tools, document = [r for r in g.receipts() if r["kind"] == "decision"]
+    price = g.guard.prices.lookup("anthropic", "claude-haiku-4-5")
+    assert price is not None
+    assert tools["estimated_nano"] - plain["estimated_nano"] >= g.guard.prices.bound_cost_nano(price, 1024, 0) - 1
+    assert document["estimated_nano"] >= _window_cost(g, "anthropic", "claude-haiku-4-5")
+
+
+def test_bedrock_video_by_s3_reference_is_bounded_or_refused(guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    with LocalBedrockServer() as srv:
+        client = boto3.client("bedrock-runtime", endpoint_url=srv.url, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        content = [{"text": "describe"}, {"video": {"format": "mp4", "source": {
+            "s3Location": {"uri": "s3://bucket/clip.mp4"}}}}]
+        try:
+            client.converse(modelId="amazon.nova-lite-v1:0", messages=[{"role": "user", "content": content}],
+                            inferenceConfig={"maxTokens": 16})
+        except AgentGuardBlocked as blocked:
+            assert "cannot be bounded" in blocked.reason
+            assert srv.requests == []
+            return
+    price = g.guard.prices.lookup("aws", "amazon.nova-lite-v1:0")
+    assert price is not None and price.context_window is not None
+    assert _decision(g)["estimated_nano"] >= g.guard.prices.bound_cost_nano(price, price.context_window, 0)
