@@ -46,6 +46,9 @@ class LLMRequest:
     # a file by id, a document): what it is, for the refusal's reason; None when all input is here.
     unseen_input: str | None = None
     input_overhead_tokens: int = 0  # tokens the provider adds itself (a tool-use system prompt)
+    # Why the request's output limit cannot be read (a model family whose body the adapter does not
+    # know): strict estimation refuses it rather than assume a default. None: the limit is known.
+    unknown_output_limit: str | None = None
 
 
 @dataclass(frozen=True)

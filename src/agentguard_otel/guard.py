@@ -440,6 +440,9 @@ class Guard:
                 if ceiling is not None and (price.source == "fallback" or price.max_input > ceiling):
                     return _Outcome("block", f"model {model} costs more than rule {rule.id} allows "
                                     f"per 1M input tokens", rule.id)
+        if request.unknown_output_limit is not None and self.policy.estimation == "strict":
+            return _Outcome("block", f"the output limit of {request.unknown_output_limit} cannot be read, so the "
+                            "call cannot be bounded (refused in strict estimation; converse works for every model)")
         if request.unseen_input is not None and self.policy.estimation == "strict":
             unbounded = [model for model, price in candidates if price.context_window is None]
             if unbounded:
@@ -653,6 +656,8 @@ class GuardedCall:
             # a fallback list answered by another candidate: provable resilience, priced as answered
             "fallback": bool(self.request.fallback_models) and info.response_model not in (
                 None, self.decision.model_effective),
+            # the one case strict cannot prove: the provider answered with a dearer model than any asked for
+            "provider_model_mismatch": self._mismatch(info, actual),
             "actual_nano": actual,
             "estimated_nano": self.decision.estimated_nano,
             # 0 in strict estimation (the bound is proven); in expected estimation, reported here.
@@ -701,6 +706,12 @@ class GuardedCall:
             "usage": _usage_dict(info.usage),
         }, self.span)
         guard.telemetry.on_adjustment(budget_readings(self.decision.caps, states))
+
+    def _mismatch(self, info: ResponseInfo, actual: int) -> bool:
+        answered = info.response_model
+        return (answered is not None and actual > self.decision.estimated_nano
+                and answered not in (self.decision.model_effective, *self.request.fallback_models)
+                and not answered.startswith(self.decision.model_effective))  # a dated snapshot of the model
 
     def _release_quietly(self) -> None:
         hold = self.decision.hold_id

@@ -223,12 +223,19 @@ def test_file_like_body_is_read_once_and_passed_on(bedrock: LocalBedrockServer, 
     assert json.loads(response["body"].read())["results"][0]["outputText"] == reply_text(5)
 
 
-def test_unreadable_body_is_guarded_as_opaque_input(bedrock: LocalBedrockServer, guarded: GuardFactory) -> None:
+def test_unreadable_body_is_refused_in_strict_and_opaque_input_in_expected(bedrock: LocalBedrockServer,
+                                                                            guarded: GuardFactory) -> None:
     handle = guarded(ALLOW_ALL)
+    with pytest.raises(AgentGuardBlocked, match="cannot be bounded"):
+        client(bedrock).invoke_model(modelId=TITAN, body=b"not json " * 10)
+    assert bedrock.requests == []
+    handle.instrumentor.uninstrument()
+    handle = guarded({**ALLOW_ALL, "estimation": "expected"})
     with pytest.raises(ClientError) as info:
         client(bedrock).invoke_model(modelId=TITAN, body=b"not json " * 10)
     assert info.value.response["Error"]["Code"] == "ValidationException"
-    decision, settlement = handle.receipts()
+    (decision,) = [r for r in handle.receipts() if r["kind"] == "decision" and r["estimation"] == "expected"]
+    (settlement,) = [r for r in handle.receipts() if r["kind"] == "settlement"]
     assert decision["action"] == "allow" and decision["estimated_nano"] > 0
     assert (settlement["outcome"], settlement["actual_nano"]) == ("error", 0)
 
@@ -331,9 +338,18 @@ def test_cache_reads_are_priced_as_cache(guarded: GuardFactory) -> None:
         assert settlement["actual_nano"] == handle.guard.prices.actual_cost_nano(price, usage)
 
 
+def test_other_model_families_are_refused_in_strict_mode(bedrock: LocalBedrockServer,
+                                                          guarded: GuardFactory) -> None:
+    guarded(ALLOW_ALL)
+    model = "mistral.mistral-7b-instruct-v0:2"  # not a format the adapter reads: its output limit is unknown
+    with pytest.raises(AgentGuardBlocked, match="cannot be read, so the call cannot be bounded"):
+        client(bedrock).invoke_model(modelId=model, body=json.dumps({"prompt": PROMPT, "max_tokens": 50}))
+    assert bedrock.requests == []
+
+
 def test_other_model_families_settle_from_the_usage_headers(bedrock: LocalBedrockServer,
                                                             guarded: GuardFactory) -> None:
-    handle = guarded(ALLOW_ALL)
+    handle = guarded({**ALLOW_ALL, "estimation": "expected"})
     model = "mistral.mistral-7b-instruct-v0:2"  # not a format the adapter reads: usage from the headers
     response = client(bedrock).invoke_model(modelId=model, body=json.dumps({"prompt": PROMPT, "max_tokens": 50}))
     assert json.loads(response["body"].read())["generation"] == reply_text(WORDS)

@@ -399,6 +399,8 @@ def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prep
         server_port=port,
         timeout_seconds=_timeout_seconds(client),
         unseen_input=unseen,
+        unknown_output_limit=(f"the invoke_model body of {model_name(model_id)}, a model family this adapter "
+                              "does not read") if family is OTHER else None,
     )
     return Prepared(request, operation, family, copy, body)
 
