@@ -682,7 +682,8 @@ class GuardedCall:
             request=self.request, scope=self.scope, decision=self.decision, info=info if problem is None else
             replace(info, usage=None), actual_nano=actual, cost_source=source, receipt=receipt,
             budget=budget_readings(self.decision.caps, states), duration_s=time.monotonic() - self.started,
-            error_type=type(exc).__qualname__ if exc is not None else None, http_status=status))
+            error_type=type(exc).__qualname__ if exc is not None else None, http_status=status,
+            provider_model_mismatch=body["provider_model_mismatch"]))
 
     def adjust(self, info: ResponseInfo) -> None:
         """Correct a deferred settlement (made at the reservation) to the cost the result reports."""

@@ -89,6 +89,7 @@ class Settled:
     duration_s: float
     error_type: str | None  # the exception's type only: provider error text never leaves the process
     http_status: int | None
+    provider_model_mismatch: bool = False  # a dearer model than any asked for answered (strict cannot prove it)
 
 
 class CallSpan:
@@ -237,6 +238,8 @@ class Telemetry:
         }
         if settled.http_status is not None:
             attributes["http.response.status_code"] = settled.http_status
+        if settled.provider_model_mismatch:
+            attributes["agentguard.provider_model_mismatch"] = True
         if info.response_model:
             attributes["gen_ai.response.model"] = info.response_model
         if info.response_id:
@@ -275,6 +278,8 @@ class Telemetry:
         self.duration.record(settled.duration_s, duration_attrs)
         cost_attrs = {**self._scope_labels(settled.scope), **metric_attrs,
                       "agentguard.cost.source": settled.cost_source}
+        if settled.provider_model_mismatch:
+            cost_attrs["agentguard.provider_model_mismatch"] = True
         self.cost.add(nano_to_usd(settled.actual_nano), cost_attrs)
         self._record_budget(settled.budget)
         if settled.error_type is not None:

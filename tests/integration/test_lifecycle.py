@@ -255,3 +255,20 @@ def test_the_largest_of_the_output_limits_and_every_best_of_choice_are_in_the_bo
     assert price is not None
     all_choices = g.guard.prices.bound_cost_nano(price, 0, 20 * 10)
     assert one["estimated_nano"] < all_choices <= twenty["estimated_nano"]
+
+
+def test_a_dearer_model_answering_than_any_asked_for_is_flagged(server: Any, guarded: GuardFactory,
+                                                               otel: Telemetry) -> None:
+    g = guarded(ENFORCE, ledger="memory://")
+    server.answer_as("o1-pro")  # the provider routed the call to a model far dearer than gpt-4o-mini
+    try:
+        _client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    finally:
+        server.answer_as(None)
+    (settlement,) = _settlements(g)
+    assert settlement["response_model"] == "o1-pro" and settlement["provider_model_mismatch"] is True
+    assert settlement["actual_nano"] > settlement["estimated_nano"] and settlement["overshoot_nano"] > 0
+    (span,) = [s for s in otel.finished() if "agentguard.decision.action" in s.attributes]
+    assert span.attributes["agentguard.provider_model_mismatch"] is True
+    _client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
+    assert _settlements(g)[-1]["provider_model_mismatch"] is False

@@ -211,6 +211,7 @@ class LocalOpenAIServer(LocalServer):
         self._default_price = (Decimal(DEFAULT_PRICE_USD_PER_MTOK[0]), Decimal(DEFAULT_PRICE_USD_PER_MTOK[1]))
         self._credit_remaining_usd: str | None = None  # OpenRouter /key: None means no limit on the key
         self._background: dict[str, JSONObject] = {}  # background responses by id, as finished
+        self._answer_as: str | None = None
         self._endpoints: dict[str, Endpoint] = {
             "chat/completions": self._chat,
             "responses": self._responses,
@@ -258,9 +259,15 @@ class LocalOpenAIServer(LocalServer):
 
     # the fake model -----------------------------------------------------------------------------
 
+    def answer_as(self, model: str | None) -> None:
+        """Answer every request as ``model``, whatever was asked (a provider routing elsewhere)."""
+        self._answer_as = model
+
     def _effective_model(self, body: Mapping[str, Any]) -> str:
         """The requested model, or in OpenRouter mode the first available entry of `models`."""
         model = _require_model(body)
+        if self._answer_as is not None:
+            return self._answer_as
         fallbacks = body.get("models")
         candidates = fallbacks if self.openrouter and isinstance(fallbacks, list) and fallbacks else [model]
         for candidate in candidates:
