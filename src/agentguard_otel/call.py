@@ -49,6 +49,7 @@ class LLMRequest:
     # Why the request's output limit cannot be read (a model family whose body the adapter does not
     # know): strict estimation refuses it rather than assume a default. None: the limit is known.
     unknown_output_limit: str | None = None
+    service_tier: str | None = None  # a processing tier the call asks for (priority, flex...): priced as such
 
 
 @dataclass(frozen=True)

@@ -460,7 +460,7 @@ class Guard:
         return None
 
     def _price(self, request: LLMRequest, model: str) -> tuple[ModelPrice, bool]:
-        price = self.prices.lookup(request.price_provider, model)
+        price = self.prices.lookup(request.price_provider, model, request.service_tier)
         if price is not None:
             return price, False
         fallback = self.policy.unknown_model_price
@@ -755,7 +755,8 @@ class GuardedCall:
             return info.provider_cost_nano, "provider"
         price = self.decision.price
         if info.response_model and info.response_model != self.decision.model_effective:
-            price = guard.prices.lookup(self.request.price_provider, info.response_model) or price
+            price = guard.prices.lookup(self.request.price_provider, info.response_model,
+                                        self.request.service_tier) or price
         if info.usage is not None:
             return guard.prices.actual_cost_nano(price, info.usage), "estimated" if outcome == "abandoned" else "local"
         if outcome == "abandoned":

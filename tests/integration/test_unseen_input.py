@@ -93,3 +93,17 @@ def test_bedrock_video_by_s3_reference_is_bounded_or_refused(guarded: GuardFacto
     price = g.guard.prices.lookup("aws", "amazon.nova-lite-v1:0")
     assert price is not None and price.context_window is not None
     assert _decision(g)["estimated_nano"] >= g.guard.prices.bound_cost_nano(price, price.context_window, 0)
+
+
+def test_a_service_tier_is_priced_as_that_tier_and_an_unknown_one_as_the_dearest(server: Any,
+                                                                                 guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0)
+    for tier in (None, "priority", "flex", "turbo-2031"):
+        extra = {"service_tier": tier} if tier else {}
+        client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}],
+                                       max_completion_tokens=64, extra_body=extra)
+    standard, priority, flex, unknown = [r["estimated_nano"] for r in g.receipts() if r["kind"] == "decision"]
+    assert flex < standard < priority == unknown
+    settled = [r for r in g.receipts() if r["kind"] == "settlement"]
+    assert settled[1]["actual_nano"] > settled[0]["actual_nano"]  # the same usage, billed at the priority rate

@@ -44,22 +44,23 @@ class PriceBook:
         self._overrides = load_overrides(overrides)
         self._catalog = load_catalog(catalog_dir) if catalog_dir is not None else {}
         self._clock = clock
-        self._cache: dict[tuple[str, str], _Entry] = {}
+        self._cache: dict[tuple[str, str, str | None], _Entry] = {}
 
     def knows(self, model: str) -> bool:
         """Whether a model id has a price under any provider the adapters speak for."""
         return any(self.lookup(provider, model) is not None for provider in ADAPTER_PROVIDERS)
 
-    def lookup(self, provider: str, model: str) -> ModelPrice | None:
-        """The price of ``model`` at ``provider``, or ``None`` when no source knows it.
+    def lookup(self, provider: str, model: str, tier: str | None = None) -> ModelPrice | None:
+        """The price of ``model`` at ``provider`` (at a service ``tier`` the call asked for), or
+        ``None`` when no source knows it.
 
         The same object is returned until a time-constrained price (e.g. off-peak hours) changes.
         """
-        key = (provider, model)
+        key = (provider, model, tier)
         hit = self._cache.get(key)
         if hit is not None and (hit[1] == math.inf or hit[1] > self._clock()):
             return hit[0]
-        entry = self._resolve(provider, model)
+        entry = self._resolve(provider, model, tier)
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = entry
@@ -73,7 +74,7 @@ class PriceBook:
         """See :func:`agentguard_otel.pricing.estimate.bound_cost_nano`."""
         return bound_cost_nano(price, input_tokens, output_tokens)
 
-    def _resolve(self, provider: str, model: str) -> _Entry:
+    def _resolve(self, provider: str, model: str, tier: str | None) -> _Entry:
         """First match wins: overrides, the OpenRouter catalog (provider ``openrouter`` only), the
         bundled data for the provider, OpenRouter's ``:free`` rule, then the OpenRouter model's
         vendor in the bundled data. ``:floor``/``:nitro`` ids fall back to their base id at each
@@ -102,7 +103,7 @@ class PriceBook:
         valid_until = math.inf
         if source is not None:
             for candidate in names:
-                price, until = bundled_price(source, candidate, at)
+                price, until = bundled_price(source, candidate, at, tier)
                 valid_until = min(valid_until, until)
                 if price is not None:
                     return found(price), valid_until

@@ -41,9 +41,12 @@ def genai_provider(provider: str) -> gp.Provider | None:
     return data_snapshot.find_provider_by_id(providers, _PROVIDER_ALIASES.get(wanted, wanted))
 
 
-def bundled_price(source: gp.Provider, model: str, at: datetime) -> tuple[ModelPrice | None, float]:
+def bundled_price(source: gp.Provider, model: str, at: datetime,
+                  tier: str | None = None) -> tuple[ModelPrice | None, float]:
     """The price of ``model`` at ``source`` in effect at ``at``, and the POSIX time until which it
-    stays in effect (``inf`` unless the model has time-constrained prices).
+    stays in effect (``inf`` unless the model has time-constrained prices). ``tier``: a service tier
+    the call asked for (``priority``, ``flex``...): its variant prices where the data has them, and
+    where it has no variant for that tier, the dearest tier it has (an unknown tier is bounded).
 
     ``None`` when genai-prices does not know the model, or knows it but not a per-token price for
     it (audio-hour or per-character models).
@@ -52,6 +55,14 @@ def bundled_price(source: gp.Provider, model: str, at: datetime) -> tuple[ModelP
     if info is None:
         return None, math.inf
     price = convert(source.id, model, info.get_prices(at))
+    if tier is not None and price is not None:
+        tiers = sorted({str(v.when["service_tier"]) for v in info.price_variants or () if "service_tier" in v.when})
+        if tier in tiers:
+            price = convert(source.id, model, info.get_prices(at, {"service_tier": tier})) or price
+        else:  # a tier the data does not price: bounded by the dearest one it has (or the standard price)
+            variants = [convert(source.id, model, info.get_prices(at, {"service_tier": t})) for t in tiers]
+            price = max([price, *(v for v in variants if v is not None)],
+                        key=lambda p: (p.bound_input, p.bound_output))
     window = info.context_window
     if price is not None and isinstance(window, int) and window > 0:
         price = replace(price, context_window=window)

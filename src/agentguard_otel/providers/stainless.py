@@ -290,6 +290,8 @@ class StainlessHook:
             fallback_models=fallbacks,
             deployment=self.adapter.deployment(client, body),
             unseen_input=self.adapter.unseen_input(body),
+            service_tier=tier if isinstance(tier := body.get("service_tier"), str) and tier not in _DEFAULT_TIERS
+            else None,
             input_overhead_tokens=self.adapter.input_overhead_tokens(body),
         )
         return Prepared(request, endpoint, path, body)
@@ -422,6 +424,7 @@ def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[1] if len(args) > 1 else kwargs.get("options")
 
 
+_DEFAULT_TIERS = frozenset({"auto", "default", "standard", "standard_only"})  # the standard price applies
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads and deletions bill no tokens
 
 
