@@ -514,6 +514,7 @@ def compare(sdk: str, version: str, root: Path, work: Path, plain: Run, shadow: 
             continue  # the xdist controller runs no test
         log(f"{sdk} {version}: shadow {report['worker']}: patched {report['patched_after_collection']}, "
             f"receipts {report['receipts']}, verify {report['receipts_verify']}"
+            + (f", decided but never settled: {report['unsettled_calls']}" if report.get("unsettled_calls") else "")
             + (f" ({report['receipts_first_error']})" if report["receipts_first_error"] else "")
             + (f", SDK imported BEFORE instrument: {report['sdk_imported_before_instrument']}"
                if report["sdk_imported_before_instrument"] else ""))

@@ -72,14 +72,28 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     _state["patched"] = {name: _patched(name) for name in SDKS}
 
 
-def _receipt_counts(receipts: Path) -> dict[str, int]:
+def _receipt_counts(receipts: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Receipts by kind, and the decided calls that never settled, by operation and streaming."""
     counts: dict[str, int] = {}
+    decided: dict[str, str] = {}
+    settled: set[str] = set()
     for path in receipts.glob("*.ndjson"):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                kind = json.loads(line).get("kind", "?")
+                receipt = json.loads(line)
+                kind = receipt.get("kind", "?")
                 counts[kind] = counts.get(kind, 0) + 1
-    return counts
+                body = receipt.get("body", receipt)
+                call_id = body.get("call_id") if isinstance(body, dict) else None
+                if kind == "decision" and call_id:
+                    decided[call_id] = f"{body.get('operation')} stream={body.get('stream')}"
+                elif kind == "settlement" and call_id:
+                    settled.add(call_id)
+    unsettled: dict[str, int] = {}
+    for call_id, what in decided.items():
+        if call_id not in settled:
+            unsettled[what] = unsettled.get(what, 0) + 1
+    return counts, unsettled
 
 
 @pytest.hookimpl(trylast=True)
@@ -103,13 +117,15 @@ def _finish() -> None:
 
     receipts = home / "receipts"
     report = verify([receipts], load_public_keys([Path(f"{_state['key']}.pub")])) if receipts.exists() else None
+    counts, unsettled = _receipt_counts(receipts) if receipts.exists() else ({}, {})
     summary = {
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
         "sdk_imported_before_instrument": _state["imported_before"],
         "patched_after_collection": _state["patched"],
         "patched_at_session_end": patched_at_end,
         "unpatched_after_uninstrument": {name: _patched(name) for name in SDKS},
-        "receipts": _receipt_counts(receipts) if receipts.exists() else {},
+        "receipts": counts,
+        "unsettled_calls": unsettled,
         "receipts_verify": None if report is None else bool(report.ok),
         "receipts_first_error": None if report is None or report.ok else str(report.first_error),
     }
