@@ -239,6 +239,17 @@ class StainlessHook:
                 return None
         return f"{method} {path}"
 
+    def _head(self, client: Any, options: Any, install: Callable[[Any, BodyObserver], None]
+              ) -> Classified | tuple[str, Endpoint]:
+        """What a request is, as far as its method and path tell: an LLM route (its body still to
+        be prepared), a follow-up or free request, or an unknown endpoint."""
+        route = self._route(client, options)
+        if route is None:
+            return self._follow_up(options, install)
+        if isinstance(route, str):
+            return self._unknown(client, route)
+        return route
+
     def _unknown(self, client: Any, description: str) -> UnknownEndpoint:
         return UnknownEndpoint(self.adapter.provider(client)[0], description,
                                getattr(getattr(client, "base_url", None), "host", None))
@@ -349,15 +360,13 @@ class StainlessHook:
               kwargs: dict[str, Any]) -> Any:
         def classify() -> Classified:
             options = _options(args, kwargs)
-            route = self._route(instance, options)
-            if route is None:
-                return self._follow_up(options, observe_sync)
-            if isinstance(route, str):
-                return self._unknown(instance, route)
-            for name in ("json_data", "extra_json"):
+            found = self._head(instance, options, observe_sync)
+            if not isinstance(found, tuple):
+                return found
+            for name in _BODY_FIELDS:
                 if getattr(options, name, None) is not None:
                     setattr(options, name, self.adapter.prepare_body(getattr(options, name)))
-            return self._exchange(instance, options, route, args, kwargs, observe_sync)
+            return self._exchange(instance, options, found, args, kwargs, observe_sync)
 
         return run(self._guard(), classify, wrapped, args, kwargs)
 
@@ -365,15 +374,13 @@ class StainlessHook:
                      kwargs: dict[str, Any]) -> Any:
         async def classify() -> Classified:
             options = _options(args, kwargs)
-            route = self._route(instance, options)
-            if route is None:
-                return self._follow_up(options, observe_async)
-            if isinstance(route, str):
-                return self._unknown(instance, route)
-            for name in ("json_data", "extra_json"):
+            found = self._head(instance, options, observe_async)
+            if not isinstance(found, tuple):
+                return found
+            for name in _BODY_FIELDS:  # files are read without blocking the event loop
                 if getattr(options, name, None) is not None:
                     setattr(options, name, await self.adapter.prepare_body_async(getattr(options, name)))
-            return self._exchange(instance, options, route, args, kwargs, observe_async)
+            return self._exchange(instance, options, found, args, kwargs, observe_async)
 
         return await run_async(self._guard(), classify, wrapped, args, kwargs)
 
@@ -424,6 +431,7 @@ def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[1] if len(args) > 1 else kwargs.get("options")
 
 
+_BODY_FIELDS = ("json_data", "extra_json")
 _DEFAULT_TIERS = frozenset({"auto", "default", "standard", "standard_only"})  # the standard price applies
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads and deletions bill no tokens
 
