@@ -37,6 +37,7 @@ import json
 import socket
 import sys
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -248,7 +249,7 @@ def _first_half(frames: list[bytes]) -> list[bytes]:
     return kept
 
 
-class LocalServer:
+class LocalServer(ABC):
     """A provider's API on a local port; subclasses implement :meth:`route` and :meth:`error_reply`."""
 
     thread_name = "agentguard-local-server"
@@ -379,13 +380,13 @@ class LocalServer:
 
     # for subclasses -----------------------------------------------------------------------------
 
+    @abstractmethod
     def route(self, method: str, path: str) -> Endpoint | None:
         """The endpoint answering ``method path``; None: a 404 (:meth:`not_found`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def error_reply(self, error: ApiError) -> Reply:
         """``error`` in the provider's format."""
-        raise NotImplementedError
 
     def not_found(self, method: str, path: str) -> Reply:
         return self.error_reply(ApiError(404, f"Not found: {method} {path}"))
