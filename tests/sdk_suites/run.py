@@ -9,7 +9,14 @@ packages its tests need are installed into the running interpreter's environment
 already installed held at its version (a constraints file), so neither the SDK nor OpenTelemetry nor
 anything else installed moves; then its suite runs from its own source tree, with its own pytest
 configuration, once plain and once with ``-p shadow_plugin``. Both runs load ``-p offline_plugin``,
-which deselects the tests that need the SDK's mock API server (see that module).
+which deselects the tests that need the SDK's mock API server: a probe run (kept in the cache, keyed
+by the SDK's tests, the installed packages and the plugin) finds them by their first connect to it.
+Tests whose outcome differs are run again, alone, plain and shadow: a difference that does not
+come back is reported as flaky and does not fail the run.
+
+Each pytest run is bounded by ``--timeout`` (its process group is ended), uses ``-p no:cacheprovider
+-q`` and, where the SDK's own addopts use xdist, ``-n 2``; its duration is printed. Results, logs
+and junit XML are kept in ``$TEST_TOOLS_DIR/sdk-suites/results/<sdk>-<version>/``.
 
 Exit status: 0 when every test has the same outcome in both runs, 1 when some differ, 2 when a run
 could not be made (no tests in the sdist, a download or install failure, a timeout, pytest's own error).
