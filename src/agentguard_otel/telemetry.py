@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
 from opentelemetry.metrics import get_meter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+
+# Bound here, at import: an application (or its tests) replacing these module functions changes
+# nothing of what the guard does (the global provider itself is still followed, see Telemetry.tracer).
+from opentelemetry.trace import SpanKind, Status, StatusCode, get_tracer_provider, set_span_in_context
 
 from agentguard_otel.call import Decision, LLMRequest, ResponseInfo
 from agentguard_otel.money import nano_to_usd
@@ -159,7 +162,7 @@ class Telemetry:
         set or replaced after instrument() is followed, as the OTel API's own tracers do)."""
         if self._tracer_provider is not None:
             return self._tracer
-        current = trace.get_tracer_provider()
+        current = get_tracer_provider()
         if current is not self._tracer_source:
             self._tracer_source = current
             self._tracer = current.get_tracer(__name__, __version__, schema_url=SCHEMA_URL)
@@ -299,7 +302,7 @@ class Telemetry:
     @contained
     def emit_receipt(self, receipt: Mapping[str, Any], call: CallSpan | None = None) -> None:
         """One log record per receipt; the body is the receipt line itself, byte for byte."""
-        context = trace.set_span_in_context(call.span) if call is not None else None
+        context = set_span_in_context(call.span) if call is not None else None
         self.logger.emit(LogRecord(
             timestamp=time.time_ns(),
             context=context,
