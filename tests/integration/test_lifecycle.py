@@ -145,14 +145,14 @@ def test_the_guard_follows_the_global_tracer_provider(server: Any, tmp_path: Any
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         providers.append(provider)
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: providers[0])
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", providers[0])  # the global provider, as set_tracer_provider sets it
     instrumentor = AgentGuardInstrumentor()
     instrumentor.instrument(policy=ENFORCE, ledger="memory://", signing_key=str(tmp_path / "k"),
                             receipts=str(tmp_path / "r"), meter_provider=otel.meter_provider,
                             logger_provider=otel.logger_provider)
     try:
         _client(server).chat.completions.create(model=MODEL, messages=MESSAGES)
-        monkeypatch.setattr(trace, "get_tracer_provider", lambda: providers[1])  # e.g. a test restores its own
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", providers[1])  # replaced (e.g. a test restores its own)
         _client(server).chat.completions.create(model=MODEL, messages=MESSAGES)
     finally:
         instrumentor.uninstrument()
