@@ -56,12 +56,15 @@ def _is_mock_address(address: Any) -> bool:
         return False
 
 
-def _record(address: Any) -> None:
+def _record(sock: socket.socket, address: Any) -> None:
     path = os.environ.get("SDK_SUITES_TRIPWIRE")
     if path:
         with _lock, open(path, "a", encoding="utf-8") as out:
             out.write(f"{_current['test']}\t{address!r}\n")
     if _PROBE:
+        # closed here: left to the garbage collector, its ResourceWarning (an error under the suites'
+        # filterwarnings) would fail the setup of whichever test runs next, before that one connects
+        sock.close()
         raise MockServerNeeded(f"connect to the mock API server at {address!r}")
 
 
@@ -71,13 +74,13 @@ _connect_ex = socket.socket.connect_ex
 
 def _tripwire_connect(self: socket.socket, address: Any) -> None:
     if _is_mock_address(address):
-        _record(address)
+        _record(self, address)
     return _connect(self, address)
 
 
 def _tripwire_connect_ex(self: socket.socket, address: Any) -> int:
     if _is_mock_address(address):
-        _record(address)
+        _record(self, address)
     return _connect_ex(self, address)
 
 
