@@ -50,6 +50,7 @@ class LLMRequest:
     # know): strict estimation refuses it rather than assume a default. None: the limit is known.
     unknown_output_limit: str | None = None
     service_tier: str | None = None  # a processing tier the call asks for (priority, flex...): priced as such
+    traced: bool = True  # False when the client's own tracing is switched off: the guard records no span either
 
 
 @dataclass(frozen=True)

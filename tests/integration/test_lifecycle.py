@@ -272,3 +272,15 @@ def test_a_dearer_model_answering_than_any_asked_for_is_flagged(server: Any, gua
     assert span.attributes["agentguard.provider_model_mismatch"] is True
     _client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16)
     assert _settlements(g)[-1]["provider_model_mismatch"] is False
+
+
+def test_a_client_with_its_tracing_off_gets_no_guard_span_but_its_receipts(guarded: GuardFactory,
+                                                                           otel: Telemetry) -> None:
+    g = guarded(ENFORCE, ledger="memory://")
+    with LocalAnthropicServer() as srv:
+        for tracing in (False, None):  # off, then the default (on)
+            anthropic.Anthropic(base_url=srv.base_url, api_key="sk", max_retries=0, open_telemetry=tracing) \
+                .messages.create(model="claude-haiku-4-5", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    ours = [s for s in otel.finished() if s.instrumentation_scope.name == "agentguard_otel.telemetry"]
+    assert len(ours) == 1  # only the traced client's call
+    assert len(_settlements(g)) == 2

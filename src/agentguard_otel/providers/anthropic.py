@@ -173,6 +173,11 @@ class AnthropicAdapter(StainlessAdapter):
     def reader(self, prepared: Prepared, hide_stream_usage: bool) -> BodyReader:
         return MessagesReader()
 
+    def traced(self, client: Any) -> bool:
+        """The client's ``open_telemetry`` option (or ``ANTHROPIC_OPEN_TELEMETRY``) can switch its
+        tracing off; the guard's span for the call follows it (receipts and metrics do not)."""
+        return get_path(client, ("open_telemetry", "traces", "enabled")) is not False
+
     def unseen_input(self, body: Mapping[str, Any]) -> str | None:
         """Documents (a PDF's pages are billed as text and images), files by id, server tools'
         results and MCP servers: billed as input, not measurable from the body."""

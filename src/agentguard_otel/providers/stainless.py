@@ -124,6 +124,10 @@ class StainlessAdapter(ABC):
         """Input tokens the provider adds to the request itself (a documented tool-use system prompt)."""
         return 0
 
+    def traced(self, client: Any) -> bool:
+        """Whether the client's own tracing is on (SDKs with a tracing switch say so per client)."""
+        return True
+
     def deployment(self, client: Any, body: Mapping[str, Any]) -> str | None:
         """The name the provider routes this call by instead of its ``model`` (an Azure deployment);
         None where the body's model is what answers."""
@@ -301,6 +305,7 @@ class StainlessHook:
             fallback_models=fallbacks,
             deployment=self.adapter.deployment(client, body),
             unseen_input=self.adapter.unseen_input(body),
+            traced=self.adapter.traced(client),
             service_tier=tier if isinstance(tier := body.get("service_tier"), str) and tier not in _DEFAULT_TIERS
             else None,
             input_overhead_tokens=self.adapter.input_overhead_tokens(body),
