@@ -173,10 +173,10 @@ class Telemetry:
     def start_call(self, request: LLMRequest, scope: Scope) -> CallSpan:
         """The call's span; a non-recording one when the client's tracing is off or no tracer
         provider is set (then the OTel API is not called at all)."""
-        if not request.traced or (self._tracer_provider is None
-                                  and isinstance(get_tracer_provider(), trace.ProxyTracerProvider)):
-            return CallSpan(trace.INVALID_SPAN)
         try:
+            if not request.traced or (self._tracer_provider is None
+                                      and isinstance(get_tracer_provider(), trace.ProxyTracerProvider)):
+                return CallSpan(trace.INVALID_SPAN)
             return self._start_call(request, scope)
         except Exception:
             logger.exception("agentguard: telemetry failed starting a span")
