@@ -1,13 +1,21 @@
-"""Added latency per guarded call, and guard decisions per second.
+"""Added time per guarded call against the bare SDK and the official OTel instrumentation, and guard
+decisions per second.
 
-Not a test: run ``python benchmarks/overhead.py`` and copy the table into the README.
+Not a test: run ``python benchmarks/overhead.py`` and copy its tables into the README.
 
-Latency: the real ``openai`` SDK against the demo's local OpenAI-wire endpoint, in alternating blocks of
-bare and guarded calls within one run (the machine is shared and noisy, so only same-run
-comparisons mean anything). Added latency = median(guarded) - median(bare), reported with the
-ratio. Each guarded call makes a reservation, signs a decision receipt, settles and signs a
-settlement receipt, and emits a span, metrics and two log records to SDK providers with no-op
-exporters.
+Latency: one process, the real ``openai`` SDK against the demo's local OpenAI-wire endpoint. Every arm
+is installed once — bare, the official ``opentelemetry-instrumentation-openai-v2`` (spans, metrics and
+log events), agentguard with a memory ledger and with a SQLite ledger — and its patches are recorded;
+then the patches are swapped in and out between blocks of calls, the arms in rotating order, so every
+arm sees the same machine state (the machines are shared and noisy: only same-run ratios mean
+anything). Reported per call: the median wall time and the median CPU time of the calling thread,
+each minus the bare SDK's, and the added time as a ratio of what otel-v2 adds. Every arm reports to
+the same SDK providers, whose exporters drop what they are given.
+
+Each agentguard call makes a reservation, signs a decision receipt, settles and signs a settlement
+receipt, and emits a span, metrics and log records.
+
+``--profile`` prints where the time of guarded calls goes (cProfile, our package's functions).
 
 Throughput: 16 threads calling the guard directly (decide + reserve + sign, then settle + sign),
 no SDK and no network: the ceiling a process's governance can sustain.
@@ -16,22 +24,34 @@ no SDK and no network: the ceiling a process's governance can sustain.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import dataclasses
+import itertools
+import pstats
 import statistics
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import openai
+import wrapt
 from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from agentguard_otel import AgentGuardInstrumentor
+from agentguard_otel import AgentGuardInstrumentor, scope
 from agentguard_otel.call import LLMRequest, ResponseInfo
 from agentguard_otel.demo.server import DemoServer
+from agentguard_otel.guard import Guard
+from agentguard_otel.instrumentor import _build_guard
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.receipts import SigningKey
 
@@ -40,105 +60,225 @@ POLICY = {"version": 1, "id": "bench", "mode": "enforce", "rules": [
      "caps": [{"limit_usd": 1_000_000, "window": "day", "action": "block"},
               {"limit_usd": 1_000_000, "window": "minute", "action": "block"}]}]}
 MESSAGES = [{"role": "user", "content": "Review this diff and list the risky changes."}]
+# Where the instrumentations patch: every class attribute of these modules is recorded per arm.
+PATCHED_MODULES = ("openai", "httpx", "httpx2", "http.client", "concurrent.futures")
+
+Patches = dict[tuple[type, str], Any]
 
 
-def _instrument(workdir: Path, ledger: str) -> AgentGuardInstrumentor:
-    key = workdir / "bench.key"
-    if not key.exists():
+class _Drop(SpanExporter, LogRecordExporter):
+    """An exporter that accepts everything and keeps nothing (the cost measured is the SDK's)."""
+
+    def export(self, batch: Sequence[Any]) -> Any:
+        return SpanExportResult.SUCCESS if batch and hasattr(batch[0], "context") else LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+
+def _providers() -> dict[str, Any]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(_Drop()))
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(_Drop()))
+    return {"tracer_provider": tracer_provider, "logger_provider": logger_provider,
+            "meter_provider": MeterProvider(metric_readers=[InMemoryMetricReader()])}
+
+
+def _attributes() -> Patches:
+    """Every class attribute of the modules the instrumentations patch."""
+    found: Patches = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not any(name == m or name.startswith(m + ".") for m in PATCHED_MODULES):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == name:
+                for attribute, member in list(vars(value).items()):
+                    found[(value, attribute)] = member
+    return found
+
+
+def _patches_of(install: Callable[[], None], bare: Patches) -> Patches:
+    """What ``install`` changed, as (class, attribute) -> the patched member; the members it replaced
+    are added to ``bare`` (a module first imported by ``install`` has its unwrapped member there)."""
+    before = _attributes()
+    install()
+    patches = {key: member for key, member in _attributes().items()
+               if (before[key] is not member if key in before else isinstance(member, wrapt.ObjectProxy))}
+    for key, member in patches.items():
+        if key not in bare:
+            bare[key] = before[key] if key in before else member.__wrapped__
+    return patches
+
+
+@contextmanager
+def _applied(patches: Patches, bare: Patches) -> Iterator[None]:
+    for (owner, attribute), member in patches.items():
+        setattr(owner, attribute, member)
+    try:
+        yield
+    finally:
+        for (owner, attribute) in patches:
+            setattr(owner, attribute, bare[(owner, attribute)])
+
+
+class Arms:
+    """Every arm installed once; :meth:`use` swaps one arm's patches in for a block of calls."""
+
+    def __init__(self, workdir: Path) -> None:
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+        providers = _providers()
+        self._bare: Patches = {}
+        otel = OpenAIInstrumentor()
+        self.patches: dict[str, Patches] = {"bare": {}}
+        self.patches["otel-v2"] = _patches_of(lambda: otel.instrument(**providers), self._bare)
+        otel.uninstrument()
+        key = workdir / "bench.key"
         SigningKey.generate(key)
-    instrumentor = AgentGuardInstrumentor()
-    instrumentor.instrument(policy=POLICY, signing_key=str(key), ledger=ledger, receipts=str(workdir / "receipts"),
-                            tracer_provider=TracerProvider(), meter_provider=MeterProvider(),
-                            logger_provider=LoggerProvider())
-    return instrumentor
+        self._guard = AgentGuardInstrumentor()
+        settings = {"policy": POLICY, "signing_key": str(key), "receipts": str(workdir / "receipts"), **providers}
+        self.patches["agentguard"] = _patches_of(
+            lambda: self._guard.instrument(ledger=f"sqlite:///{workdir}/ledger.db", **settings), self._bare)
+        sqlite = self._guard.guard
+        assert sqlite is not None
+        # The same patches with a guard on a memory ledger: the hooks ask the instrumentor for its guard.
+        assert self._guard._settings is not None
+        memory = _build_guard(dataclasses.replace(self._guard._settings, ledger="memory://",
+                                                  receipts=workdir / "receipts-memory"), providers)
+        self.guards: dict[str, Guard] = {"agentguard-sqlite": sqlite, "agentguard-memory": memory}
+        self._restore_bare()
+
+    def _restore_bare(self) -> None:
+        for patches in self.patches.values():
+            for owner, attribute in patches:
+                setattr(owner, attribute, self._bare[(owner, attribute)])
+
+    @contextmanager
+    def use(self, arm: str) -> Iterator[None]:
+        guard = self.guards.get(arm)
+        with _applied(self.patches["agentguard" if guard else arm], self._bare):
+            if guard is not None:
+                self._guard._guard = guard
+            yield
+
+    def names(self) -> list[str]:
+        return ["bare", "otel-v2", *self.guards]
 
 
-def _time(call: Callable[[], Any], n: int) -> list[float]:
-    samples = []
+def _call(client: openai.OpenAI, stream: bool) -> Callable[[], None]:
+    def call() -> None:
+        if stream:
+            for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                    stream_options={"include_usage": True}):
+                pass
+        else:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    return call
+
+
+def _time(call: Callable[[], None], n: int, wall: list[float], cpu: list[float]) -> None:
     for _ in range(n):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         call()
-        samples.append(time.perf_counter() - start)
-    return samples
+        cpu.append(time.thread_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
 
 
-def latency(ledger: str, stream: bool, rounds: int, block: int) -> tuple[float, float]:
-    """(median bare µs, median guarded µs) over interleaved blocks."""
-    from agentguard_otel import scope
-
-    with DemoServer() as server, tempfile.TemporaryDirectory() as tmp:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
-
-        def call() -> None:
-            if stream:
-                for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                                        stream_options={"include_usage": True}):
-                    pass
-            else:
-                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-
-        ledger_url = ledger.format(tmp=tmp)
-        _time(call, block)  # warm connections and caches
-        bare: list[float] = []
-        guarded: list[float] = []
-        for _ in range(rounds):
-            bare += _time(call, block)
-            instrumentor = _instrument(Path(tmp), ledger_url)
-            with scope(team="eng", user="alice"):
-                guarded += _time(call, block)
-            instrumentor.uninstrument()
-        return statistics.median(bare) * 1e6, statistics.median(guarded) * 1e6
+def latency(arms: Arms, client: openai.OpenAI, stream: bool, rounds: int, block: int) -> dict[str, tuple[float, float]]:
+    """Per arm: (median wall µs, median calling-thread CPU µs) over rotated blocks."""
+    names = arms.names()
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    call = _call(client, stream)
+    with scope(team="eng", user="alice"):
+        for name in names:  # warm connections, caches and each arm's first-use work
+            with arms.use(name):
+                _time(call, block, [], [])
+        for offset in itertools.islice(itertools.cycle(range(len(names))), rounds):
+            for name in names[offset:] + names[:offset]:
+                with arms.use(name):
+                    _time(call, block, wall[name], cpu[name])
+    return {name: (statistics.median(wall[name]) * 1e6, statistics.median(cpu[name]) * 1e6) for name in names}
 
 
-def throughput(ledger: str, threads: int, seconds: float) -> float:
+def _table(results: dict[str, tuple[float, float]], kind: str) -> None:
+    bare_wall, bare_cpu = results["bare"]
+    otel_wall, otel_cpu = (v - b for v, b in zip(results["otel-v2"], results["bare"], strict=True))
+    for name, (wall, cpu) in results.items():
+        if name == "bare":
+            print(f"| {kind} | bare SDK | {wall:.0f} µs | {cpu:.0f} µs | — | — |")
+            continue
+        added_wall, added_cpu = wall - bare_wall, cpu - bare_cpu
+        print(f"| {kind} | {name} | +{added_wall:.0f} µs | +{added_cpu:.0f} µs "
+              f"| {added_wall / otel_wall:.2f}× | {added_cpu / otel_cpu:.2f}× |", flush=True)
+
+
+def profile(arms: Arms, client: openai.OpenAI, calls: int, arm: str) -> None:
+    call = _call(client, False)
+    profiler = cProfile.Profile()
+    with scope(team="eng", user="alice"), arms.use(arm):
+        call()
+        profiler.enable()
+        for _ in range(calls):
+            call()
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    print(f"\nProfile of {calls} non-streaming calls, {arm} (µs per call, our functions by own time):")
+    rows = [(tt, ct, f"{Path(file).name}:{line} {func}")
+            for (file, line, func), (_, _, tt, ct, _) in stats.stats.items()  # type: ignore[attr-defined]
+            if "agentguard_otel" in file]
+    for tt, ct, where in sorted(rows, reverse=True)[:25]:
+        print(f"  own {tt / calls * 1e6:7.1f}  cumulative {ct / calls * 1e6:7.1f}  {where}")
+
+
+def throughput(guard: Guard, threads: int, seconds: float) -> float:
     """Guard decisions (with settlement) per second across ``threads`` threads."""
-    from agentguard_otel import scope
+    request = LLMRequest(provider="openai", price_provider="openai", operation="chat", model="gpt-4o-mini",
+                         stream=False, input_bytes=200, input_items=1, input_images=0, max_output_tokens=256)
+    info = ResponseInfo(usage=TokenUsage(input_tokens=50, output_tokens=24), response_model="gpt-4o-mini")
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
 
-    with tempfile.TemporaryDirectory() as tmp:
-        instrumentor = _instrument(Path(tmp), ledger.format(tmp=tmp))
-        guard = instrumentor.guard
-        assert guard is not None
-        request = LLMRequest(provider="openai", price_provider="openai", operation="chat", model="gpt-4o-mini",
-                             stream=False, input_bytes=200, input_items=1, input_images=0, max_output_tokens=256)
-        info = ResponseInfo(usage=TokenUsage(input_tokens=50, output_tokens=24), response_model="gpt-4o-mini")
-        counts = [0] * threads
-        stop = time.perf_counter() + seconds
+    def work(i: int) -> None:
+        with scope(team="eng", user=f"user{i % 4}"):
+            while time.perf_counter() < stop:
+                guard.begin(request).finish(info)
+                counts[i] += 1
 
-        def work(i: int) -> None:
-            with scope(team="eng", user=f"user{i % 4}"):
-                while time.perf_counter() < stop:
-                    guard.begin(request).finish(info)
-                    counts[i] += 1
-
-        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        instrumentor.uninstrument()
-        return sum(counts) / seconds
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--block", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=12, help="blocks per arm")
+    parser.add_argument("--block", type=int, default=100, help="calls per block")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    parser.add_argument("--profile", type=int, default=0, metavar="CALLS", help="profile CALLS guarded calls")
     args = parser.parse_args()
-    ledgers = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/ledger.db"}
-    print("| ledger | call | bare median | guarded median | added | ratio |")
-    print("|---|---|---|---|---|---|")
-    for name, url in ledgers.items():
+    with DemoServer() as server, tempfile.TemporaryDirectory() as tmp:
+        arms = Arms(Path(tmp))
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
+        print(f"{args.rounds} blocks of {args.block} calls per arm, rotated; added over the bare SDK call")
+        print()
+        print("| call | arm | added wall (median) | added CPU (median) | wall ÷ otel-v2 | CPU ÷ otel-v2 |")
+        print("|---|---|---:|---:|---:|---:|")
         for stream in (False, True):
-            bare, guarded = latency(url, stream, args.rounds, args.block)
-            kind = "stream" if stream else "non-stream"
-            print(f"| {name} | {kind} | {bare:.0f} µs | {guarded:.0f} µs | {guarded - bare:.0f} µs "
-                  f"| {guarded / bare:.2f}× |", flush=True)
-    print()
-    print("| ledger | threads | decisions/s (decide + settle, 2 signed receipts each) |")
-    print("|---|---|---|")
-    for name, url in ledgers.items():
-        print(f"| {name} | 16 | {throughput(url, 16, args.seconds):,.0f} |", flush=True)
+            _table(latency(arms, client, stream, args.rounds, args.block), "stream" if stream else "non-stream")
+        if args.profile:
+            for arm in arms.guards:
+                profile(arms, client, args.profile, arm)
+        print()
+        print("| ledger | threads | decisions/s (decide + settle, 2 signed receipts each) |")
+        print("|---|---|---|")
+        for name, guard in arms.guards.items():
+            print(f"| {name.removeprefix('agentguard-')} | 16 | {throughput(guard, 16, args.seconds):,.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
