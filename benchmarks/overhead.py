@@ -106,8 +106,8 @@ def _patches_of(install: Callable[[], None], bare: Patches) -> Patches:
     patches = {key: member for key, member in _attributes().items()
                if (before[key] is not member if key in before else isinstance(member, wrapt.ObjectProxy))}
     for key, member in patches.items():
-        if key not in bare:
-            bare[key] = before[key] if key in before else member.__wrapped__
+        original = before.get(key)
+        bare.setdefault(key, member.__wrapped__ if original is None else original)
     return patches
 
 
