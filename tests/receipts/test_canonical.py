@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import given, settings
 
 from agentguard_otel.receipts import canonical_json
-from agentguard_otel.receipts.canonical import _dumps, _fast_path_safe
+from agentguard_otel.receipts.canonical import _ORJSON_OPTIONS, _dumps, _fast_path_safe, _plain, _reference_json
 
-from .strategies import receipt_values
+from .strategies import any_values, ascii_key_values, receipt_values
 
 
 @settings(max_examples=500)
@@ -58,3 +59,62 @@ def test_integers_beyond_the_double_safe_range_are_refused(big: int) -> None:
 def test_lone_surrogates_are_refused() -> None:
     with pytest.raises(ValueError):
         canonical_json({"s": "\ud800"})
+
+
+# -- the orjson path -----------------------------------------------------------------------------
+
+@settings(max_examples=1000)
+@given(ascii_key_values)
+def test_orjson_output_is_rfc8785_for_every_value_it_is_given(value: Any) -> None:
+    assert _plain(value)
+    assert orjson.dumps(value, option=_ORJSON_OPTIONS) == rfc8785.dumps(value)
+
+
+@settings(max_examples=500)
+@given(receipt_values)
+def test_orjson_takes_only_ascii_keyed_plain_values(value: Any) -> None:
+    if _plain(value):
+        assert orjson.dumps(value, option=_ORJSON_OPTIONS) == rfc8785.dumps(value)
+        assert json.dumps(value, ensure_ascii=True).isascii()  # no key (or value) escapes the check
+
+
+def _outcome(encode: Any, value: Any) -> Any:
+    try:
+        return encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return type(exc), str(exc)
+
+
+@settings(max_examples=500)
+@given(any_values)
+def test_canonical_json_answers_exactly_as_the_reference_path(value: Any) -> None:
+    """Same bytes, or the same exception with the same message, whatever the value."""
+    assert _outcome(canonical_json, value) == _outcome(_reference_json, value)
+
+
+def test_strings_escape_as_jcs_requires() -> None:
+    text = "".join(map(chr, range(0x80))) + "\u2028\u2029\ufeff\U0001f600é\\\"/"
+    assert canonical_json({"s": text}) == rfc8785.dumps({"s": text})
+    assert b'\\u001f' in canonical_json({"s": text}) and b"\x7f" in canonical_json({"s": text})
+
+
+@pytest.mark.parametrize("value", [
+    {"n": 2**53 - 1, "m": -(2**53 - 1)}, {"n": 2**53}, {"n": -(2**53)}, {"n": 2**64},
+    {"k\u00e9": 1, "a": 2}, {"s": "\ud800"}, {"t": (1,)}, {1: 2}, [[[]]], {"f": 0.0},
+])
+def test_boundaries_answer_as_the_reference_path(value: Any) -> None:
+    assert _outcome(canonical_json, value) == _outcome(_reference_json, value)
+
+
+def test_nesting_deeper_than_orjson_allows_falls_back_to_the_same_bytes() -> None:
+    value: Any = 0
+    for _ in range(300):
+        value = [value]
+    assert canonical_json(value) == rfc8785.dumps(value) == b"[" * 300 + b"0" + b"]" * 300
+
+
+def test_ordinary_receipts_take_the_orjson_path() -> None:
+    receipt = {"v": 1, "kind": "decision", "scope": {"user": "zoë", "team": None}, "n": [-5, True, "😀"],
+               "policy": {"id": "p", "version": 1}}
+    assert _plain(receipt)
+    assert not _plain({"k": 1.0}) and not _plain({"é": 1}) and not _plain({"t": (1,)})

@@ -10,12 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentguard_otel.errors import ConfigError
 from agentguard_otel.receipts import SigningKey, key_id_of, load_public_keys
+from agentguard_otel.receipts.keys import signature_valid
 
 SEED = bytes(range(32))
 
@@ -147,3 +151,38 @@ def test_a_private_key_file_is_refused_as_a_trusted_key(tmp_path: Path) -> None:
     SigningKey.generate(tmp_path / "agentguard.key")
     with pytest.raises(ConfigError, match="only public keys are trusted"):
         load_public_keys([tmp_path / "agentguard.key"])
+
+
+# -- the libsodium signer agrees with cryptography's ----------------------------------------------
+
+@settings(max_examples=200)
+@given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=200))
+def test_libsodium_and_cryptography_sign_identically_and_verify_each_other(seed: bytes, message: bytes) -> None:
+    openssl_key = Ed25519PrivateKey.from_private_bytes(seed)
+    key = SigningKey(openssl_key)
+    sodium_signature = key.sign(message)
+    openssl_signature = openssl_key.sign(message)
+    assert sodium_signature == openssl_signature  # Ed25519 is deterministic
+    public_raw = key.public_key.public_bytes_raw()
+    key.public_key.verify(sodium_signature, message)  # raises InvalidSignature if not
+    assert signature_valid(public_raw, openssl_signature, message)
+    forged = bytes([openssl_signature[0] ^ 1]) + openssl_signature[1:]
+    assert not signature_valid(public_raw, forged, message)
+    with pytest.raises(InvalidSignature):
+        key.public_key.verify(forged, message)
+
+
+@pytest.mark.parametrize("length", [0, 63, 65])
+def test_a_signature_of_the_wrong_length_is_invalid(length: int) -> None:
+    key = SigningKey(Ed25519PrivateKey.from_private_bytes(SEED))
+    signature = (key.sign(b"data") * 2)[:length]
+    assert not signature_valid(key.public_key.public_bytes_raw(), signature, b"data")
+
+
+def test_a_key_written_before_signs_the_same_after(tmp_path: Path) -> None:
+    """A PEM key made by cryptography alone loads and signs with libsodium to the same bytes."""
+    openssl_key = Ed25519PrivateKey.from_private_bytes(SEED)
+    path = tmp_path / "old.key"
+    path.write_bytes(openssl_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    assert SigningKey.load(path).sign(b"digest") == openssl_key.sign(b"digest")

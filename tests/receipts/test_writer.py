@@ -10,17 +10,22 @@ import json
 import os
 import re
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agentguard_otel.receipts import ZERO_HASH, SigningKey, segment_file_name, verify
+from agentguard_otel.receipts import ZERO_HASH, ReceiptWriter, SigningKey, segment_file_name, verify
 from agentguard_otel.receipts.format import receipt_line
 
 from .conftest import WriterFactory, decision_body, read_lines, segments
+from .strategies import bodies
 
 
 def test_a_receipt_carries_the_chain_fields_body_hash_and_signature(make_writer: WriterFactory,
@@ -259,3 +264,23 @@ def test_a_short_write_leaves_a_torn_line_and_appends_continue_in_a_new_segment(
     assert report.torn == [(str(torn_file), 2)]
     assert report.first_error is not None and report.first_error["reason"] == "torn last line"
     assert report.chains[writer.chain]["seq"] == 2  # the chain itself continues unbroken
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(bodies, min_size=1, max_size=8))
+def test_lines_are_the_reference_serialization_signed_by_cryptography(appended: list[dict[str, Any]]) -> None:
+    """The line bytes are what rfc8785 and OpenSSL's Ed25519 make of the receipt: the fast paths
+    (orjson, libsodium) change no byte, so logs written before and after verify alike."""
+    openssl_key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    with tempfile.TemporaryDirectory() as directory:
+        writer = ReceiptWriter(Path(directory), SigningKey(openssl_key))
+        for body in appended:
+            writer.append("decision", body)
+        writer.close()
+        (path,) = segments(Path(directory))
+        for line in path.read_bytes().splitlines(keepends=True):
+            receipt = json.loads(line)
+            unsigned = rfc8785.dumps({k: v for k, v in receipt.items() if k not in ("hash", "sig")})
+            digest = hashlib.sha256(unsigned).digest()
+            sig = base64.b64encode(openssl_key.sign(digest)).decode()
+            assert line == unsigned[:-1] + f',"hash":"{digest.hex()}","sig":"{sig}"}}\n'.encode()

@@ -1,5 +1,13 @@
 """RFC 8785 (JCS) canonical JSON for receipts.
 
+The fastest path is ``orjson`` with sorted keys and the 53-bit integer limit: taken when the value is
+made only of exact ``dict``/``list``/``str``/``int``/``bool``/``None`` and every object key is ASCII (so
+UTF-8 byte order, orjson's, is UTF-16 code unit order, JCS's). orjson escapes strings exactly as JCS
+does (the short escapes, ``\\u00xx`` for the other C0 controls, everything else raw UTF-8). Whatever
+orjson refuses (an integer past 2**53 - 1, a lone surrogate, deep nesting) and every other value takes
+the path below, which also raises the precise error; a property test proves the bytes identical to
+``rfc8785.dumps``.
+
 Receipts hold only strings, integers, booleans, null, lists and objects. For those, the C-accelerated
 ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` produces exactly the JCS
 bytes, with two exceptions that this module rules out before taking the fast path:
@@ -21,8 +29,10 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import compress
 from typing import Any
 
+import orjson
 import rfc8785
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -30,12 +40,51 @@ _HIGH_BMP = re.compile("[\ue000-\uffff]")
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                          check_circular=False).encode
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+_SCALARS = frozenset({str, int, bool, type(None)})
+_CONTAINERS = frozenset({dict, list})
+_PLAIN = _SCALARS | _CONTAINERS
 
 
 def canonical_json(obj: Any) -> bytes:
     """The RFC 8785 bytes of ``obj``; TypeError for values a receipt may not hold.
 
     Strings must be valid Unicode (a lone surrogate raises ``UnicodeEncodeError``, a ValueError)."""
+    if _plain(obj):
+        try:
+            return orjson.dumps(obj, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:
+            pass  # the reference path below says exactly what is wrong, or serializes it
+    return _reference_json(obj)
+
+
+def _plain(obj: Any) -> bool:
+    """Only exact receipt types and ASCII keys, checked a container at a time (``set(map(type, ...))``
+    runs in C: a check per node in Python would cost more than orjson's whole serialization)."""
+    if type(obj) not in _CONTAINERS:
+        return type(obj) in _SCALARS
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            try:
+                if not "".join(item).isascii():
+                    return False
+            except TypeError:  # a key that is not a str
+                return False
+            values: Any = item.values()
+        else:
+            values = item
+        kinds = set(map(type, values))
+        if not kinds <= _SCALARS:
+            if not kinds <= _PLAIN:
+                return False
+            stack.extend(compress(values, map(_CONTAINERS.__contains__, map(type, values))))
+    return True
+
+
+def _reference_json(obj: Any) -> bytes:
+    """The stdlib encoder where it equals JCS, ``rfc8785`` otherwise; the precise TypeError."""
     if _fast_path_safe(obj):
         return _dumps(obj).encode("utf-8")
     return rfc8785.dumps(obj)

@@ -23,29 +23,31 @@ KINDS: Final = frozenset({"decision", "settlement", "adjustment", "checkpoint"})
 SEALED_FIELDS: Final = ("hash", "sig")
 RESERVED_FIELDS: Final = frozenset({"v", "kind", "chain", "seq", "prev", "ts", "key_id", *SEALED_FIELDS})
 
-def _unsigned_form(receipt: Mapping[str, Any]) -> bytes:
+def unsigned_form(receipt: Mapping[str, Any]) -> bytes:
+    """The canonical form of the receipt without its seal: what ``hash`` is the digest of."""
     return canonical_json({name: value for name, value in receipt.items() if name not in SEALED_FIELDS})
 
 
 def digest_of(receipt: Mapping[str, Any]) -> bytes:
     """SHA-256 of the canonical form of the receipt without its seal (``hash`` and ``sig``)."""
-    return hashlib.sha256(_unsigned_form(receipt)).digest()
+    return hashlib.sha256(unsigned_form(receipt)).digest()
 
 
-def _line(unsigned_form: bytes, hash_hex: str, sig: str) -> bytes:
-    return b"%s,\"hash\":\"%s\",\"sig\":\"%s\"}\n" % (unsigned_form[:-1], hash_hex.encode(), sig.encode())
+def line_of(unsigned: bytes, hash_hex: str, sig: str) -> bytes:
+    """A segment file line from the unsigned form and the seal."""
+    return b"%s,\"hash\":\"%s\",\"sig\":\"%s\"}\n" % (unsigned[:-1], hash_hex.encode(), sig.encode())
 
 
 def seal(fields: dict[str, Any], key: SigningKey) -> tuple[dict[str, Any], bytes]:
     """Add ``hash`` and ``sig`` to an unsigned receipt (which must already carry ``key_id``); returns
     the sealed receipt and its line, from one serialization."""
-    unsigned_form = canonical_json(fields)
-    digest = hashlib.sha256(unsigned_form).digest()
+    unsigned = canonical_json(fields)
+    digest = hashlib.sha256(unsigned).digest()
     fields["hash"] = digest.hex()
     fields["sig"] = base64.b64encode(key.sign(digest)).decode("ascii")
-    return fields, _line(unsigned_form, fields["hash"], fields["sig"])
+    return fields, line_of(unsigned, fields["hash"], fields["sig"])
 
 
 def receipt_line(receipt: Mapping[str, Any]) -> bytes:
     """The exact bytes of a receipt's line in a segment file, newline included."""
-    return _line(_unsigned_form(receipt), str(receipt["hash"]), str(receipt["sig"]))
+    return line_of(unsigned_form(receipt), str(receipt["hash"]), str(receipt["sig"]))

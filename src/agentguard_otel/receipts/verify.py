@@ -5,26 +5,34 @@ field), the signature with a *trusted* key (keys embedded in or named by receipt
 the line's bytes (file input only: a line must be exactly the writer's serialization of its content,
 so no edit hides in escapes, whitespace or duplicate keys), then the chain link (``seq`` one more than
 the previous receipt's, ``prev`` its hash, a chain starts at seq 0 with 64 zeros) and checkpoints.
+
+Files are streamed line by line (memory does not grow with a log's size). Each receipt is serialized
+once; lines are parsed with orjson, and with the stdlib wherever orjson refuses a line or reads it
+differently, so every verdict and reason is the stdlib reading's. ``jobs`` > 1 checks the chains of
+different segment files on that many processes and merges the results in file order.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import multiprocessing
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agentguard_otel.errors import ConfigError
-from agentguard_otel.receipts.format import KINDS, VERSION, ZERO_HASH, digest_of, receipt_line
-from agentguard_otel.receipts.keys import StrPath
+from agentguard_otel.receipts.format import KINDS, VERSION, ZERO_HASH, line_of, unsigned_form
+from agentguard_otel.receipts.keys import StrPath, signature_valid
 
 Progress = Callable[[int, int], None]
 
@@ -52,42 +60,142 @@ class VerifyReport:
 
 
 def verify(paths: StrPath | Iterable[StrPath], public_keys: Mapping[str, Ed25519PublicKey],
-           expect_heads: Mapping[str, str] | None = None, progress: Progress | None = None) -> VerifyReport:
+           expect_heads: Mapping[str, str] | None = None, progress: Progress | None = None,
+           jobs: int = 1) -> VerifyReport:
     """Verify receipt files and directories (every ``*.ndjson`` below them), each file read once.
 
     Segments are taken in order of their segment number. A final line without its newline is a torn
     append: reported in ``torn`` and as an error, never skipped. ``expect_heads`` maps a chain to a head
     hash recorded elsewhere (span, log backend): the chain must reach that receipt, or it was truncated.
     Receipts written after the expected head are accepted (they are chained to it). ``progress(done,
-    total)`` is called with byte counts about every 1 MiB (or 1 %, if smaller) and at the end."""
+    total)`` is called with byte counts about every 1 MiB (or 1 %, if smaller) and at the end.
+    ``jobs`` processes check the files of different chains at once; the report is the one ``jobs=1``
+    gives (should one chain's receipts turn up in files of another, they are checked again in one pass).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     files = _segment_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     total = sum(path.stat().st_size for path in files)
-    step = min(_PROGRESS_MAX_STEP, max(_PROGRESS_MIN_STEP, total // 100))
-    checker = _Checker(public_keys, expect_heads)
-    done = 0
-    next_report = step
-    if progress is not None:
-        progress(0, total)
-    for path in files:
-        name = str(path)
-        with open(path, "rb") as handle:
-            for line_no, raw in enumerate(handle, 1):
-                done += len(raw)
-                if progress is not None and done >= next_report:
-                    progress(min(done, total), total)
-                    next_report = done + step
-                if not raw.endswith(b"\n"):
-                    checker.torn_line(name, line_no)
-                    continue
-                try:
-                    receipt = json.loads(raw)
-                except (ValueError, RecursionError) as exc:
-                    checker.fail(name, line_no, None, None, f"malformed line: {exc}")
-                    continue
-                checker.check(receipt, name, line_no, raw)
-    if progress is not None:
-        progress(total, total)
+    keys = {key_id: key.public_bytes_raw() for key_id, key in public_keys.items()}
+    expect = dict(expect_heads or {})
+    ticker = _Ticker(progress, total)
+    batches = _batches(files, jobs)
+    checker = _merged(_parallel(batches, keys, expect, jobs, ticker)) if len(batches) > 1 else None
+    if checker is None:
+        if len(batches) > 1:
+            ticker = _Ticker(progress, total)
+        checker = _Checker(keys, expect)
+        for path in files:
+            _check_file(checker, path, ticker)
+    ticker.finish()
     return checker.report()
+
+
+class _Ticker:
+    """Calls ``progress`` as bytes are checked: at 0, about every 1 MiB (or 1 %) and at the total."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self.step = min(_PROGRESS_MAX_STEP, max(_PROGRESS_MIN_STEP, total // 100))
+        self.next = self.step
+        if progress is not None:
+            progress(0, total)
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.progress is not None and self.done >= self.next:
+            self.progress(min(self.done, self.total), self.total)
+            self.next = self.done + self.step
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total)
+
+
+def _check_file(checker: _Checker, path: Path, ticker: _Ticker | None = None) -> None:
+    name = str(path)
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            if ticker is not None:
+                ticker.add(len(raw))
+            if not raw.endswith(b"\n"):
+                checker.torn_line(name, line_no)
+                continue
+            try:
+                receipt = _parse(raw)
+            except (ValueError, RecursionError) as exc:
+                checker.fail(name, line_no, None, None, f"malformed line: {exc}")
+                continue
+            checker.check(receipt, name, line_no, raw)
+
+
+def _parse(raw: bytes) -> Any:
+    """The line's value as ``json.loads`` reads it (orjson reads the same, faster, or refuses: then
+    the stdlib reads it, or raises its own error). The one difference, integers beyond 64 bits that
+    orjson reads as floats, fails canonicalization either way and is re-read in ``_unsigned``."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def _batches(files: list[Path], jobs: int) -> list[tuple[list[Path], int]]:
+    """Consecutive runs of whole chains (all segments of one file stem) with their byte size, about a
+    quarter of a process's share each, so ``jobs`` processes stay busy; one batch when ``jobs`` is 1."""
+    sizes = [path.stat().st_size for path in files]
+    if jobs == 1:
+        return [(files, sum(sizes))]
+    target = max(1, sum(sizes) // (4 * jobs))
+    batches: list[tuple[list[Path], int]] = []
+    stem = None
+    for path, size in zip(files, sizes, strict=True):
+        match = _SEGMENT.fullmatch(path.name)
+        file_stem = (path.parent, match["stem"] if match else path.name)
+        if not batches or (file_stem != stem and batches[-1][1] >= target):
+            batches.append(([], 0))
+        batch, batch_size = batches[-1]
+        batch.append(path)
+        batches[-1] = (batch, batch_size + size)
+        stem = file_stem
+    return batches
+
+
+def _parallel(batches: list[tuple[list[Path], int]], keys: dict[str, bytes], expect: dict[str, str],
+              jobs: int, ticker: _Ticker) -> list[_Checker]:
+    """Each batch checked in a worker process (spawned: nothing of the caller's threads is copied)."""
+    context = multiprocessing.get_context("spawn")
+    results: list[_Checker] = []
+    with ProcessPoolExecutor(max_workers=min(jobs, len(batches)), mp_context=context) as pool:
+        checked = pool.map(_check_batch, [files for files, _ in batches], [keys] * len(batches),
+                           [expect] * len(batches))
+        for (_, size), checker in zip(batches, checked, strict=True):
+            ticker.add(size)
+            results.append(checker)
+    return results
+
+
+def _check_batch(files: list[Path], keys: dict[str, bytes], expect: dict[str, str]) -> _Checker:
+    checker = _Checker(keys, expect)
+    for path in files:
+        _check_file(checker, path)
+    return checker
+
+
+def _merged(parts: Iterable[_Checker]) -> _Checker | None:
+    """The batches' results as one pass over all files would have found them, in file order; None
+    when one chain has receipts in two batches (its checks depend on each other)."""
+    merged: _Checker | None = None
+    for part in parts:
+        if merged is None:
+            merged = part
+            continue
+        if not merged.chains.keys().isdisjoint(part.chains):
+            return None
+        merged.chains.update(part.chains)
+        merged.receipts += part.receipts
+        merged.torn.extend(part.torn)
+        merged.first_error = merged.first_error or part.first_error
+    return merged
 
 
 def verify_records(records: Iterable[Any], public_keys: Mapping[str, Ed25519PublicKey],
@@ -97,7 +205,7 @@ def verify_records(records: Iterable[Any], public_keys: Mapping[str, Ed25519Publ
     A log backend does not keep write order, so each chain's records are checked in ``seq`` order; the
     ``prev`` links, not the arrival order, prove the sequence. Errors name the record's 1-based position
     in ``records``."""
-    checker = _Checker(public_keys, expect_heads)
+    checker = _Checker({key_id: key.public_bytes_raw() for key_id, key in public_keys.items()}, expect_heads)
     chained: list[tuple[str, int, int, Mapping[str, Any]]] = []
     for position, record in enumerate(records, 1):
         chain = record.get("chain") if isinstance(record, Mapping) else None
@@ -126,9 +234,8 @@ class _ChainState:
 class _Checker:
     """The one implementation of the per-receipt and per-chain checks."""
 
-    def __init__(self, public_keys: Mapping[str, Ed25519PublicKey],
-                 expect_heads: Mapping[str, str] | None) -> None:
-        self.keys = dict(public_keys)
+    def __init__(self, public_keys: Mapping[str, bytes], expect_heads: Mapping[str, str] | None) -> None:
+        self.keys = dict(public_keys)  # raw 32-byte Ed25519 public keys (picklable, for workers)
         self.expect = dict(expect_heads or {})
         self.chains: dict[str, _ChainState] = {}
         self.receipts = 0
@@ -171,9 +278,10 @@ class _Checker:
         if not isinstance(claimed, str) or not isinstance(sig, str) or not isinstance(key_id, str):
             return "malformed receipt: hash, sig and key_id must be strings"
         try:
-            digest = digest_of(receipt)
+            unsigned = _unsigned(receipt, raw)
         except (TypeError, ValueError, RecursionError) as exc:
             return f"malformed receipt: {exc}"
+        digest = hashlib.sha256(unsigned).digest()
         if digest.hex() != claimed:
             return "hash mismatch: the receipt was edited"
         public = self.keys.get(key_id)
@@ -181,7 +289,7 @@ class _Checker:
             return f"untrusted key {key_id}"
         if not _signature_valid(public, sig, digest):
             return "bad signature"
-        if raw is not None and receipt_line(receipt) != raw:
+        if raw is not None and line_of(unsigned, claimed, sig) != raw:
             return "edited line: its bytes are not the serialization of the signed receipt"
         if receipt.get("v") != VERSION or receipt.get("kind") not in KINDS:
             return (f"malformed receipt: unsupported version {receipt.get('v')!r} "
@@ -226,18 +334,25 @@ class _Checker:
                             first_error=self.first_error, torn=self.torn)
 
 
-def _signature_valid(public: Ed25519PublicKey, sig: str, digest: bytes) -> bool:
+def _unsigned(receipt: dict[str, Any], raw: bytes | None) -> bytes:
+    """The receipt's unsigned form; for a value the canonical form refuses, the error is the one for
+    the stdlib's reading of the line (which keeps integers beyond 64 bits that orjson made floats)."""
+    try:
+        return unsigned_form(receipt)
+    except (TypeError, ValueError, RecursionError):
+        if raw is None:
+            raise
+    return unsigned_form(json.loads(raw))
+
+
+def _signature_valid(public: bytes, sig: str, digest: bytes) -> bool:
     try:
         signature = base64.b64decode(sig, validate=True)
     except (binascii.Error, ValueError):
         return False
     if base64.b64encode(signature).decode("ascii") != sig:  # one signature, one spelling
         return False
-    try:
-        public.verify(signature, digest)
-    except InvalidSignature:
-        return False
-    return True
+    return signature_valid(public, signature, digest)
 
 
 def _segment_files(paths: Iterable[StrPath]) -> list[Path]:
