@@ -23,7 +23,8 @@ Deterministic token accounting, so tests can assert exact usage and cost:
 - The reply is the demo endpoint's sentence, one output token per word, ``reply_words`` words,
   capped by ``max_tokens`` (required, as the API requires it); a capped reply stops with
   ``max_tokens``, otherwise ``end_turn``. Streams report ``output_tokens: 1`` in ``message_start``
-  and the final count in ``message_delta``.
+  and the final count in ``message_delta``, which repeats the input and cache counts (cumulative,
+  as the API sends them; LangChain reads a stream's input tokens from there).
 
 ``usage_next`` replaces the Message's ``usage``; in a stream both ``message_start.message.usage``
 and ``message_delta.usage`` (with :data:`OMIT_USAGE` neither event has a ``usage``).
@@ -164,7 +165,7 @@ class LocalAnthropicServer(LocalServer):
               for piece in pieces),
             {"type": "content_block_stop", "index": 0},
             {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-             "usage": report({"output_tokens": count})},
+             "usage": report({k: v for k, v in self.usage(prompt_tokens, count).items() if k != "service_tier"})},
             {"type": "message_stop"},
         ]
         return Reply.stream([sse(event, event["type"]) for event in events])

@@ -1,0 +1,110 @@
+"""What every framework test asserts, in one place: the policy they run under, exact settlement of
+what the server answered, one guard span per call, and spending until the cap blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from agentguard_otel import AgentGuardBlocked
+from agentguard_otel.ledger import CounterState
+from agentguard_otel.pricing import TokenUsage
+from tests.conftest import Guarded, Telemetry
+
+CAP_REASON = "framework test cap"
+TEAM_REASON = "team capped"
+CAPPED_TEAM = "capped"
+MAX_OUTPUT_TOKENS = 32  # injected on every call: above the servers' 24-word reply, so replies finish
+
+
+def policy(limit_usd: str) -> dict[str, Any]:
+    """One daily cap for everyone (``limit_usd``: a few calls' reservations of the test's model),
+    and a per-call cap no call fits under for team ``capped``."""
+    return {"version": 1, "id": "frameworks", "mode": "enforce", "default_max_output_tokens": MAX_OUTPUT_TOKENS,
+            "rules": [
+                {"id": "all", "caps": [{"limit_usd": limit_usd, "window": "day", "action": "block",
+                                        "reason": CAP_REASON}]},
+                {"id": "capped-team", "match": {"team": CAPPED_TEAM},
+                 "caps": [{"limit_usd": "0.000000001", "window": "call", "action": "block", "reason": TEAM_REASON}]},
+            ]}
+
+
+def receipts(handle: Guarded, kind: str) -> list[dict[str, Any]]:
+    return [r for r in handle.receipts() if r["kind"] == kind]
+
+
+def daily_counter(handle: Guarded) -> CounterState:
+    """The counter of the daily cap everyone shares."""
+    (state,) = handle.guard.ledger.states("all#")
+    return state
+
+
+def assert_settled(handle: Guarded, server: Any, usages: Iterable[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Each request the server saw settled ``ok`` at the exact cost of the usage the framework
+    reported to the caller (``(input_tokens, output_tokens)`` per call, in order); the ledger's
+    spend is their sum and nothing stays held."""
+    settled = receipts(handle, "settlement")
+    assert [(s["usage"]["input_tokens"], s["usage"]["output_tokens"]) for s in settled] == list(usages)
+    assert len(server.requests) == len(settled)
+    providers = {r["call_id"]: r["provider"] for r in receipts(handle, "decision")}
+    for s in settled:
+        assert (s["outcome"], s["cost_source"], s["degraded"]) == ("ok", "local", False)
+        price = handle.guard.prices.lookup(providers[s["call_id"]], s["model_effective"])
+        assert price is not None
+        assert 0 < s["actual_nano"] == handle.guard.prices.actual_cost_nano(price, TokenUsage(**s["usage"]))
+        assert s["actual_nano"] <= s["estimated_nano"]
+    daily = daily_counter(handle)
+    assert (daily.spent_nano, daily.held_nano) == (sum(s["actual_nano"] for s in settled), 0)
+    return settled
+
+
+def assert_one_span_per_call(otel: Telemetry, handle: Guarded) -> None:
+    """One guard span per decision (an LLM call), each ended, none left over."""
+    spans = otel.finished()
+    decisions = receipts(handle, "decision")
+    assert sorted(s.attributes["agentguard.receipt.hash"] for s in spans) == sorted(d["hash"] for d in decisions)
+
+
+def ours(error: BaseException) -> AgentGuardBlocked:
+    """The AgentGuardBlocked a framework raised, as is or as the cause of its own error."""
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, AgentGuardBlocked):
+        seen = seen.__cause__ or seen.__context__
+    assert isinstance(seen, AgentGuardBlocked), f"not the guard's: {error!r}"
+    return seen
+
+
+def assert_blocked(call: Callable[[], Any], server: Any, handle: Guarded,
+                   reason: str = CAP_REASON) -> AgentGuardBlocked:
+    """``call`` raises the guard's block (as is, or wrapped by the framework), signed in a block
+    decision, and sends nothing to the server."""
+    seen = len(server.requests)
+    try:
+        call()
+    except Exception as error:  # whatever the framework wrapped ours in
+        blocked = ours(error)
+    else:
+        raise AssertionError("the call was not blocked")
+    assert blocked.reason == reason
+    assert len(server.requests) == seen
+    decision = receipts(handle, "decision")[-1]
+    assert (decision["action"], decision["hash"]) == ("block", blocked.receipt_hash)
+    return blocked
+
+
+def _next_fits(handle: Guarded) -> bool:
+    """Whether a call reserving what the last one did still fits under the daily cap."""
+    daily = daily_counter(handle)
+    return daily.spent_nano + receipts(handle, "decision")[-1]["estimated_nano"] <= daily.limit_nano
+
+
+def spend_until_blocked(call: Callable[[], Any], server: Any, handle: Guarded) -> AgentGuardBlocked:
+    """Make ``call`` while its reservation fits under the daily cap (at least once); the next one
+    is blocked before the server, for the cap's reason."""
+    call()
+    while _next_fits(handle):
+        call()
+    blocked = assert_blocked(call, server, handle)
+    assert blocked.rule_id == "all"
+    assert not _next_fits(handle)
+    return blocked

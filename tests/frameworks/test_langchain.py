@@ -1,0 +1,129 @@
+"""LangChain's ChatOpenAI and ChatAnthropic over the real SDKs to the local servers, guarded:
+invoke, batch and stream (sync and async) settle exactly, a spent cap blocks before the server,
+one guard span per call, and the scope follows LangChain's thread pool and ``asyncio.to_thread``."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import pytest
+from langchain_anthropic import ChatAnthropic
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_openai import ChatOpenAI
+
+from agentguard_otel import AgentGuardBlocked, scope
+from tests.conftest import GuardFactory, Telemetry
+from tests.frameworks.conftest import Run
+from tests.frameworks.support import (
+    CAPPED_TEAM,
+    TEAM_REASON,
+    assert_blocked,
+    assert_one_span_per_call,
+    assert_settled,
+    ours,
+    policy,
+    receipts,
+    spend_until_blocked,
+)
+
+PROMPT = "Review this diff, please."
+
+
+@dataclass
+class Backend:
+    llm: BaseChatModel
+    server: Any
+    limit_usd: str  # a few calls of the model, then the daily cap blocks
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "openai":
+        srv = request.getfixturevalue("server")
+        srv.reset()  # the shared fixture resets it only for tests that name it
+        return Backend(ChatOpenAI(model="gpt-4o-mini", base_url=srv.base_url, api_key="sk-test", max_retries=0,
+                                  stream_usage=True), srv,
+                       "0.0001")
+    srv = request.getfixturevalue("anthropic_server")
+    return Backend(ChatAnthropic(model="claude-haiku-4-5", base_url=srv.base_url, api_key="sk-ant-test",
+                                 max_retries=0, max_tokens=32), srv, "0.0005")
+
+
+def usage(message: AIMessage) -> tuple[int, int]:
+    meta = message.usage_metadata
+    assert meta is not None
+    return meta["input_tokens"], meta["output_tokens"]
+
+
+def joined(chunks: list[AIMessageChunk]) -> AIMessageChunk:
+    return reduce(operator.add, chunks)
+
+
+def test_invoke_and_ainvoke_settle_exactly(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                            otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+    replies = [backend.llm.invoke(PROMPT), run(backend.llm.ainvoke(PROMPT))]
+    assert all(r.content for r in replies)
+    assert_settled(handle, backend.server, [usage(r) for r in replies])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_stream_and_astream_settle_exactly(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                            otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+
+    async def astream() -> list[AIMessageChunk]:
+        return [chunk async for chunk in backend.llm.astream(PROMPT)]
+
+    streamed = [joined(list(backend.llm.stream(PROMPT))), joined(run(astream()))]
+    assert all(s.content for s in streamed)
+    assert [r["stream"] for r in receipts(handle, "decision")] == [True, True]
+    assert_settled(handle, backend.server, [usage(s) for s in streamed])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_spent_cap_blocks_before_the_server(backend: Backend, guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+    spend_until_blocked(lambda: backend.llm.invoke(PROMPT), backend.server, handle)
+    assert_blocked(lambda: list(backend.llm.stream(PROMPT)), backend.server, handle)
+    assert_one_span_per_call(otel, handle)
+
+
+def test_batch_runs_in_the_callers_scope(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                          otel: Telemetry) -> None:
+    """``batch`` and ``abatch`` fan out over LangChain's thread pool / tasks: each call is the team's."""
+    handle = guarded(policy("1"))  # room for every concurrent reservation
+    with scope(team="research", user="ada"):
+        replies = backend.llm.batch([PROMPT] * 3) + run(backend.llm.abatch([PROMPT] * 2))
+    scopes = [(r["scope"]["team"], r["scope"]["user"]) for r in receipts(handle, "settlement")]
+    assert scopes == [("research", "ada")] * 5
+    assert_settled(handle, backend.server, [usage(r) for r in replies])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_team_cap_applies_in_threads(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                       otel: Telemetry) -> None:
+    """Calls of the capped team are blocked wherever LangChain or the caller runs them."""
+    handle = guarded(policy(backend.limit_usd))
+
+    async def to_thread() -> Any:
+        return await asyncio.to_thread(backend.llm.invoke, PROMPT)
+
+    with scope(team=CAPPED_TEAM):
+        outcomes: list[Any] = backend.llm.batch([PROMPT] * 3, return_exceptions=True)
+        outcomes += run(backend.llm.abatch([PROMPT] * 2, return_exceptions=True))
+        with ThreadPoolExecutor(2) as pool:
+            outcomes.append(pool.submit(backend.llm.invoke, PROMPT).exception())
+        with pytest.raises(AgentGuardBlocked) as info:
+            run(to_thread())
+        outcomes.append(info.value)
+    assert [(ours(o).reason, ours(o).scope["team"]) for o in outcomes] == [(TEAM_REASON, CAPPED_TEAM)] * 7
+    assert backend.server.requests == []
+    assert [r["action"] for r in receipts(handle, "decision")] == ["block"] * 7
+    assert_one_span_per_call(otel, handle)
