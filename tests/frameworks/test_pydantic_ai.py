@@ -1,0 +1,133 @@
+"""pydantic-ai agents on OpenAI Chat Completions, OpenAI Responses and Anthropic models, through the
+real SDKs to the local servers, guarded: ``run_sync``, ``run`` and ``run_stream`` settle at the
+exact cost (the one pydantic-ai itself computes), a spent cap blocks the next run before the
+server, one guard span per model request, and the scope follows runs handed to threads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic_ai import Agent
+from pydantic_ai.models import Model
+from pydantic_ai.models.anthropic import AnthropicModel
+from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+from pydantic_ai.providers.anthropic import AnthropicProvider
+from pydantic_ai.providers.openai import OpenAIProvider
+from pydantic_ai.usage import RunUsage
+
+from agentguard_otel import scope
+from tests.conftest import GuardFactory, Telemetry
+from tests.frameworks.conftest import Run
+from tests.frameworks.support import (
+    CAPPED_TEAM,
+    MAX_OUTPUT_TOKENS,
+    TEAM_REASON,
+    assert_blocked,
+    assert_one_span_per_call,
+    assert_settled,
+    ours,
+    policy,
+    receipts,
+    spend_until_blocked,
+)
+
+PROMPT = "Review this diff, please."
+NANO_PER_USD = Decimal(10**9)
+
+MODELS: dict[str, tuple[str, Callable[[str], Model], str]] = {
+    "chat": ("server", lambda url: OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(url, "sk-test")),
+             "0.0001"),
+    "responses": ("server", lambda url: OpenAIResponsesModel("gpt-4o-mini", provider=OpenAIProvider(url, "sk-test")),
+                  "0.0001"),
+    "anthropic": ("anthropic_server",
+                  lambda url: AnthropicModel("claude-haiku-4-5", provider=AnthropicProvider(api_key="k", base_url=url)),
+                  "0.001"),
+}
+
+
+@dataclass
+class Backend:
+    agent: Agent[None, str]
+    server: Any
+    limit_usd: str  # a few runs of the model, then the daily cap blocks
+
+
+@pytest.fixture(params=list(MODELS))
+def backend(request: pytest.FixtureRequest) -> Backend:
+    fixture, model, limit = MODELS[request.param]
+    srv = request.getfixturevalue(fixture)
+    srv.reset()  # the shared fixture resets the OpenAI server only for tests that name it
+    # The caller's own output limit (pydantic-ai asks Anthropic for 64000 tokens unless told).
+    agent = Agent(model(srv.base_url), model_settings={"max_tokens": MAX_OUTPUT_TOKENS})
+    return Backend(agent, srv, limit)
+
+
+def tokens(usage: RunUsage) -> tuple[int, int]:
+    assert usage.requests == 1
+    return usage.input_tokens, usage.output_tokens
+
+
+def assert_costs_match(handle: Any, usages: list[RunUsage]) -> None:
+    """What the guard settled is what pydantic-ai priced the run at (its own genai-prices lookup)."""
+    settled = [s["actual_nano"] for s in receipts(handle, "settlement")]
+    assert [Decimal(s) for s in settled] == [u.cost * NANO_PER_USD for u in usages]
+
+
+def test_run_sync_and_run_settle_exactly(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                         otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+    results = [backend.agent.run_sync(PROMPT), run(backend.agent.run(PROMPT))]
+    assert all(r.output for r in results)
+    assert_settled(handle, backend.server, [tokens(r.usage) for r in results])
+    assert_costs_match(handle, [r.usage for r in results])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_run_stream_settles_exactly(backend: Backend, run: Run[Any], guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+
+    async def streamed() -> tuple[str, RunUsage]:
+        async with backend.agent.run_stream(PROMPT) as result:
+            return await result.get_output(), result.usage
+
+    output, usage = run(streamed())
+    assert output
+    assert [r["stream"] for r in receipts(handle, "decision")] == [True]
+    assert_settled(handle, backend.server, [tokens(usage)])
+    assert_costs_match(handle, [usage])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_spent_cap_blocks_before_the_server(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                              otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+    spend_until_blocked(lambda: backend.agent.run_sync(PROMPT), backend.server, handle)
+    assert_blocked(lambda: run(backend.agent.run(PROMPT)), backend.server, handle)
+    assert_one_span_per_call(otel, handle)
+
+
+def test_runs_in_threads_keep_the_scope(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                        otel: Telemetry) -> None:
+    """A run handed to ``asyncio.to_thread`` or an executor is the caller's: the team is on its
+    receipts, and the capped team's runs are blocked there too."""
+    handle = guarded(policy("1"))
+
+    async def in_thread() -> Any:
+        return await asyncio.to_thread(backend.agent.run_sync, PROMPT)
+
+    with scope(team="research"), ThreadPoolExecutor(1) as pool:
+        results = [run(in_thread()), pool.submit(backend.agent.run_sync, PROMPT).result()]
+    assert [r["scope"]["team"] for r in receipts(handle, "settlement")] == ["research"] * 2
+    assert_settled(handle, backend.server, [tokens(r.usage) for r in results])
+    with scope(team=CAPPED_TEAM), ThreadPoolExecutor(1) as pool:
+        blocked = [ours(pool.submit(backend.agent.run_sync, PROMPT).exception() or AssertionError("not blocked"))]
+        blocked.append(assert_blocked(lambda: run(in_thread()), backend.server, handle, TEAM_REASON))
+    assert [(b.reason, b.scope["team"]) for b in blocked] == [(TEAM_REASON, CAPPED_TEAM)] * 2
+    assert len(backend.server.requests) == 2
+    assert_one_span_per_call(otel, handle)
