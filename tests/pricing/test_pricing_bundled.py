@@ -166,11 +166,30 @@ def test_free_variant_listed_in_the_bundled_data_is_a_known_zero(book: PriceBook
     assert price is not None and price.source == "genai-prices" and price.input == price.output == 0
 
 
+def test_character_and_audio_hour_models_are_priced_by_their_units(book: PriceBook) -> None:
+    """tts-1 per million characters and whisper-1 per audio hour (genai-prices ``input_mchars``,
+    ``audio_hours``); gpt-image and gpt-4o-transcribe rates per modality, as integer nano-USD."""
+    tts, whisper = book.lookup("openai", "tts-1-hd"), book.lookup("openai", "whisper-1")
+    assert tts is not None and whisper is not None
+    assert (tts.per_mchars, tts.input, tts.output) == (30 * 10**9, 0, 0)
+    assert (whisper.per_audio_hour, whisper.per_mchars) == (360_000_000, 0)
+    assert book.actual_cost_nano(tts, TokenUsage(0, 0, input_characters=1_000)) == 30_000_000
+    assert book.actual_cost_nano(whisper, TokenUsage(0, 0, input_audio_seconds=61)) == 6_100_000
+    image, transcribe = book.lookup("openai", "gpt-image-1.5"), book.lookup("openai", "gpt-4o-transcribe")
+    assert image is not None and transcribe is not None
+    billion = 10**9
+    assert (image.input, image.input_image, image.output, image.output_image) == \
+        (5 * billion, 8 * billion, 10 * billion, 32 * billion)
+    assert (transcribe.input_audio, transcribe.max_input) == (6 * billion, 6 * billion)
+    usage = TokenUsage(input_tokens=100, output_tokens=1_000, input_image_tokens=60, output_image_tokens=1_000)
+    assert book.actual_cost_nano(image, usage) == 40 * 5_000 + 60 * 8_000 + 1_000 * 32_000
+    assert book.bound_cost_nano(image, 100, 1_000) >= book.actual_cost_nano(image, usage)
+
+
 @pytest.mark.parametrize(("provider", "model"), [
     ("openai", "gpt-unknown-9000"),
     ("openrouter", "nobody/nothing"),
     ("no-such-provider", "gpt-4o"),
-    ("openai", "whisper-1"),  # priced per audio hour, not per token
     ("openrouter", "openrouter/auto"),
 ])
 def test_unknown_model_is_none(book: PriceBook, provider: str, model: str) -> None:

@@ -21,6 +21,7 @@ from agentguard_otel.pricing import (
     fallback_price,
     input_token_bound,
 )
+from agentguard_otel.pricing.prices import flat_price
 
 HAIKU = ModelPrice(provider="anthropic", model="claude-haiku-4-5", input=1_000_000_000, output=5_000_000_000,
                    max_input=1_000_000_000, max_output=5_000_000_000, source="genai-prices",
@@ -88,6 +89,24 @@ def test_tier_applies_to_the_whole_request_once_the_input_exceeds_its_threshold(
     assert actual_cost_nano(TIERED, above) == 200_001 * 2_500 + 1_000 * 15_000
 
 
+def test_audio_seconds_and_characters_are_priced_at_their_unit_rates_with_one_rounding() -> None:
+    # $0.36 an hour = 100,000 nano-USD a second; $15 per million characters = 15,000 nano-USD each
+    price = flat_price("openai", "m", "override", input=0, output=0, per_mchars=15_000_000_000,
+                       per_audio_hour=360_000_001)
+    usage = TokenUsage(0, 0, input_characters=3, input_audio_seconds=2)
+    assert actual_cost_nano(price, usage) == 45_000 + 200_001  # 200,000.0006 rounded up once
+    assert bound_cost_nano(price, 0, 0, characters=3, audio_seconds=2) == 245_001
+
+
+def test_audio_and_image_tokens_are_priced_at_their_own_rates() -> None:
+    price = flat_price("openai", "m", "override", input=1_000, output=2_000, input_audio=7_000, input_image=5_000,
+                       output_audio=11_000, output_image=13_000)
+    assert (price.max_input, price.max_output) == (7_000, 13_000)
+    usage = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000, input_audio_tokens=100_000,
+                       input_image_tokens=200_000, output_audio_tokens=300_000, output_image_tokens=400_000)
+    assert actual_cost_nano(price, usage) == (700 + 700 + 1_000) + (600 + 3_300 + 5_200)
+
+
 def test_per_request_fee_is_added() -> None:
     price = ModelPrice(provider="perplexity", model="sonar", input=1_000_000_000, output=1_000_000_000,
                        max_input=1_000_000_000, max_output=1_000_000_000, source="genai-prices",
@@ -150,32 +169,47 @@ def prices(draw: st.DrawFn) -> ModelPrice:
     rate_sets = (base, *tiers)
     max_input = max(rates.input for rates in rate_sets) + draw(st.integers(0, 10_000_000_000))
     max_output = max(rates.output for rates in rate_sets) + draw(st.integers(0, 10_000_000_000))
+    input_modal, output_modal = st.none() | st.integers(0, max_input), st.none() | st.integers(0, max_output)
     return ModelPrice(provider="p", model="m", input=base.input, output=base.output, max_input=max_input,
                       max_output=max_output, source="genai-prices", cache_read=base.cache_read,
                       cache_write=base.cache_write, cache_write_1h=base.cache_write_1h,
-                      reasoning=base.reasoning, per_request=base.per_request, tiers=tiers)
+                      reasoning=base.reasoning, per_request=base.per_request, tiers=tiers,
+                      input_audio=draw(input_modal), input_image=draw(input_modal), output_audio=draw(output_modal),
+                      output_image=draw(output_modal), per_mchars=draw(_RATE), per_audio_hour=draw(_RATE))
 
 
 @st.composite
-def usages(draw: st.DrawFn, max_input: int, max_output: int) -> TokenUsage:
-    """Any consistent usage within the given token counts."""
+def usages(draw: st.DrawFn, max_input: int, max_output: int, max_characters: int = 0,
+           max_seconds: int = 0) -> TokenUsage:
+    """Any consistent usage within the given token counts (and characters, audio seconds)."""
     input_tokens = draw(st.integers(0, max_input))
     cache_read = draw(st.integers(0, input_tokens))
     cache_write = draw(st.integers(0, input_tokens - cache_read))
     cache_write_1h = draw(st.integers(0, input_tokens - cache_read - cache_write))
+    audio = draw(st.integers(0, input_tokens - cache_read - cache_write - cache_write_1h))
+    image = draw(st.integers(0, input_tokens - cache_read - cache_write - cache_write_1h - audio))
     output_tokens = draw(st.integers(0, max_output))
+    reasoning = draw(st.integers(0, output_tokens))
+    output_audio = draw(st.integers(0, output_tokens - reasoning))
     return TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read,
                       cache_write_tokens=cache_write, cache_write_1h_tokens=cache_write_1h,
-                      reasoning_tokens=draw(st.integers(0, output_tokens)))
+                      reasoning_tokens=reasoning, input_audio_tokens=audio, input_image_tokens=image,
+                      output_audio_tokens=output_audio,
+                      output_image_tokens=draw(st.integers(0, output_tokens - reasoning - output_audio)),
+                      input_characters=draw(st.integers(0, max_characters)),
+                      input_audio_seconds=draw(st.integers(0, max_seconds)))
 
 
 @settings(max_examples=300)
-@given(price=prices(), limits=st.tuples(st.integers(0, 1_000_000), st.integers(0, 200_000)), data=st.data())
-def test_bound_is_never_below_the_actual_cost(price: ModelPrice, limits: tuple[int, int],
+@given(price=prices(), limits=st.tuples(st.integers(0, 1_000_000), st.integers(0, 200_000)),
+       media=st.tuples(st.integers(0, 10_000), st.integers(0, 20_000)), data=st.data())
+def test_bound_is_never_below_the_actual_cost(price: ModelPrice, limits: tuple[int, int], media: tuple[int, int],
                                               data: st.DataObject) -> None:
-    input_limit, output_limit = limits
-    usage = data.draw(usages(input_limit, output_limit))
-    assert bound_cost_nano(price, input_limit, output_limit) >= actual_cost_nano(price, usage)
+    """Whatever mix of cached, audio, image and reasoning tokens, characters and audio seconds."""
+    (input_limit, output_limit), (characters, seconds) = limits, media
+    usage = data.draw(usages(input_limit, output_limit, characters, seconds))
+    assert bound_cost_nano(price, input_limit, output_limit, characters=characters, audio_seconds=seconds) \
+        >= actual_cost_nano(price, usage)
 
 
 @st.composite

@@ -36,6 +36,24 @@ def test_overrides_win_over_bundled_prices() -> None:
     assert other is not None and other.source == "genai-prices"
 
 
+def test_media_rates_can_be_overridden() -> None:
+    """Per-character and per-audio-hour models need no token rates; audio and image token rates
+    raise the bound of their direction."""
+    book = PriceBook(overrides={"openai/tts-1": {"usd_per_mchars": "16"},
+                                "openai/whisper-1": {"usd_per_audio_hour": "0.40"},
+                                "openai/gpt-image-1": {"input_usd_per_mtok": "5", "output_usd_per_mtok": "10",
+                                                       "input_image_usd_per_mtok": "10",
+                                                       "output_image_usd_per_mtok": "40",
+                                                       "input_audio_usd_per_mtok": "1",
+                                                       "output_audio_usd_per_mtok": "2"}})
+    tts, whisper, image = (book.lookup("openai", m) for m in ("tts-1", "whisper-1", "gpt-image-1"))
+    assert tts is not None and whisper is not None and image is not None
+    assert (tts.per_mchars, tts.input, tts.output, tts.source) == (16_000_000_000, 0, 0, "override")
+    assert book.actual_cost_nano(whisper, TokenUsage(0, 0, input_audio_seconds=9)) == 1_000_000
+    assert (image.input_image, image.output_image, image.max_input, image.max_output) == \
+        (10_000_000_000, 40_000_000_000, 10_000_000_000, 40_000_000_000)
+
+
 def test_bare_model_keys_apply_to_any_provider() -> None:
     book = PriceBook(overrides=OVERRIDES)
     local = book.lookup("ollama", "my-local-model")

@@ -70,9 +70,11 @@ class PriceBook:
         """See :func:`agentguard_otel.pricing.estimate.actual_cost_nano`."""
         return actual_cost_nano(price, usage)
 
-    def bound_cost_nano(self, price: ModelPrice, input_tokens: int, output_tokens: int) -> int:
+    def bound_cost_nano(self, price: ModelPrice, input_tokens: int, output_tokens: int, *, characters: int = 0,
+                        audio_seconds: int = 0) -> int:
         """See :func:`agentguard_otel.pricing.estimate.bound_cost_nano`."""
-        return bound_cost_nano(price, input_tokens, output_tokens)
+        return bound_cost_nano(price, input_tokens, output_tokens, characters=characters,
+                               audio_seconds=audio_seconds)
 
     def _resolve(self, provider: str, model: str, tier: str | None) -> _Entry:
         """First match wins: overrides, the OpenRouter catalog (provider ``openrouter`` only), the

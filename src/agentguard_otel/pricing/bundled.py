@@ -48,8 +48,8 @@ def bundled_price(source: gp.Provider, model: str, at: datetime,
     the call asked for (``priority``, ``flex``...): its variant prices where the data has them, and
     where it has no variant for that tier, the dearest tier it has (an unknown tier is bounded).
 
-    ``None`` when genai-prices does not know the model, or knows it but not a per-token price for
-    it (audio-hour or per-character models).
+    ``None`` when genai-prices does not know the model, or knows it but prices none of the units
+    the guard meters (tokens, input characters, audio hours).
     """
     info = source.find_model(model, all_providers=data_snapshot.get_snapshot().providers)
     if info is None:
@@ -74,7 +74,8 @@ def convert(provider: str, model: str, prices: gp.ModelPrice) -> ModelPrice | No
     rate carries more than nine decimals), with tiers merged over every rate's thresholds."""
     values: dict[str, Decimal | gp.TieredPrices] = {
         key: value for key, value in vars(prices).items() if value is not None and not key.startswith("_")}
-    if "input_mtok" not in values and "output_mtok" not in values:
+    metered = "input_mtok" in values or "output_mtok" in values or any(key in values for key in _UNIT_RATES)
+    if not metered:
         if any(_is_token_rate(key) for key in values) or not model.lower().endswith(":free"):
             return None
         return free_price(provider, model, "genai-prices")
@@ -85,9 +86,24 @@ def convert(provider: str, model: str, prices: gp.ModelPrice) -> ModelPrice | No
         provider=provider, model=model, input=base.input, output=base.output,
         max_input=_max_rate(values, "input_"), max_output=_max_rate(values, "output_"), source="genai-prices",
         cache_read=base.cache_read, cache_write=base.cache_write, cache_write_1h=base.cache_write_1h,
-        reasoning=base.reasoning, per_request=base.per_request,
+        reasoning=base.reasoning, per_request=base.per_request, input_audio=base.input_audio,
+        input_image=base.input_image, output_audio=base.output_audio, output_image=base.output_image,
+        per_mchars=_max_unit_rate(values, ("input_mchars",)),
+        per_audio_hour=_max_unit_rate(values, _AUDIO_HOUR_RATES),
         tiers=tuple(_tier(values, above=start, input_tokens=start + 1) for start in thresholds),
     )
+
+
+_AUDIO_HOUR_RATES = ("audio_hours", "input_audio_hours")
+"""genai-prices lists transcription by the hour under either key (the same rate where both are)."""
+_UNIT_RATES = ("input_mchars", *_AUDIO_HOUR_RATES)
+
+
+def _max_unit_rate(values: dict[str, Decimal | gp.TieredPrices], keys: tuple[str, ...]) -> int:
+    """The highest of the listed rates (USD per million characters, per audio hour: kept at that
+    scale, the cost arithmetic divides by it), 0 where none is listed."""
+    return max((usd_to_nano_scaled(rate, 1) for key in keys if key in values
+                for rate in _all_rates(values[key])), default=0)
 
 
 def _is_token_rate(key: str) -> bool:
@@ -113,7 +129,9 @@ def _tier(values: dict[str, Decimal | gp.TieredPrices], *, above: int, input_tok
     return PriceTier(above=above, input=nano("input_mtok") or 0, output=nano("output_mtok") or 0,
                      cache_read=nano("cache_read_mtok"), cache_write=nano("cache_write_mtok"),
                      cache_write_1h=nano("cache_write_1h_mtok"), reasoning=nano("output_reasoning_mtok"),
-                     per_request=nano("requests_kcount", _PER_REQUEST) or 0)
+                     per_request=nano("requests_kcount", _PER_REQUEST) or 0, input_audio=nano("input_audio_mtok"),
+                     input_image=nano("input_image_mtok"), output_audio=nano("output_audio_mtok"),
+                     output_image=nano("output_image_mtok"))
 
 
 def _all_rates(value: Decimal | gp.TieredPrices) -> Iterable[Decimal]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from agentguard_otel.money import ceil_div
-from agentguard_otel.pricing.prices import TOKENS_PER_MTOK, ModelPrice, PriceTier, TokenUsage
+from agentguard_otel.pricing.prices import SECONDS_PER_HOUR, TOKENS_PER_MTOK, ModelPrice, PriceTier, TokenUsage
 
 PER_ITEM_OVERHEAD = 8
 """Tokens a chat format adds around each message or input item (role marker, start/end and
@@ -64,8 +64,9 @@ def _rates_for(price: ModelPrice, input_tokens: int) -> ModelPrice | PriceTier:
 def actual_cost_nano(price: ModelPrice, usage: TokenUsage) -> int:
     """The cost of a finished call in nano-USD, rounded up once at the end.
 
-    Cached and cache-write input tokens, and reasoning output tokens, are billed at their own
-    rates where the model has one, otherwise like plain input / output tokens.
+    Cached and cache-write input tokens, audio and image tokens, and reasoning output tokens, are
+    billed at their own rates where the model has one, otherwise like plain input / output tokens;
+    characters and audio seconds at the model's per-character and per-hour rates.
     """
     _check_usage(usage)
     rates = _rates_for(price, usage.input_tokens)
@@ -73,39 +74,59 @@ def actual_cost_nano(price: ModelPrice, usage: TokenUsage) -> int:
     cache_write = rates.input if rates.cache_write is None else rates.cache_write
     cache_write_1h = cache_write if rates.cache_write_1h is None else rates.cache_write_1h
     total = (
-        (usage.input_tokens - cached) * rates.input
+        (usage.input_tokens - cached - usage.input_audio_tokens - usage.input_image_tokens) * rates.input
         + usage.cache_read_tokens * (rates.input if rates.cache_read is None else rates.cache_read)
         + usage.cache_write_tokens * cache_write
         + usage.cache_write_1h_tokens * cache_write_1h
-        + (usage.output_tokens - usage.reasoning_tokens) * rates.output
+        + usage.input_audio_tokens * (rates.input if rates.input_audio is None else rates.input_audio)
+        + usage.input_image_tokens * (rates.input if rates.input_image is None else rates.input_image)
+        + (usage.output_tokens - usage.reasoning_tokens - usage.output_audio_tokens - usage.output_image_tokens)
+        * rates.output
         + usage.reasoning_tokens * (rates.output if rates.reasoning is None else rates.reasoning)
+        + usage.output_audio_tokens * (rates.output if rates.output_audio is None else rates.output_audio)
+        + usage.output_image_tokens * (rates.output if rates.output_image is None else rates.output_image)
+        + usage.input_characters * price.per_mchars
     )
-    return ceil_div(total, TOKENS_PER_MTOK) + rates.per_request
+    return _units_cost(total, usage.input_audio_seconds, price) + rates.per_request
 
 
-def bound_cost_nano(price: ModelPrice, input_tokens: int, output_tokens: int) -> int:
+def _units_cost(per_million: int, audio_seconds: int, price: ModelPrice) -> int:
+    """nano-USD for an amount in nano-USD x units-per-million plus audio seconds at the hourly
+    rate, with one rounding up over both."""
+    return ceil_div(per_million * SECONDS_PER_HOUR + audio_seconds * price.per_audio_hour * TOKENS_PER_MTOK,
+                    TOKENS_PER_MTOK * SECONDS_PER_HOUR)
+
+
+def bound_cost_nano(price: ModelPrice, input_tokens: int, output_tokens: int, *, characters: int = 0,
+                    audio_seconds: int = 0) -> int:
     """An upper bound of :func:`actual_cost_nano` for every consistent usage with at most
-    ``input_tokens`` input and ``output_tokens`` output tokens.
+    ``input_tokens`` input and ``output_tokens`` output tokens (and at most ``characters`` input
+    characters and ``audio_seconds`` seconds of audio).
 
-    Each input token is charged at the highest rate any input token can have (plain, cached or
-    cache-write, in any tier: ``price.bound_input``), each output token at the highest output or
-    reasoning rate, plus the highest per-request fee. Every term of the actual cost is at most its
-    counterpart here, and the final rounding up is monotone, so the bound holds.
+    Each input token is charged at the highest rate any input token can have (plain, cached,
+    cache-write, audio or image, in any tier: ``price.bound_input``), each output token at the
+    highest output, reasoning, audio or image rate, plus the highest per-request fee. Every term of
+    the actual cost is at most its counterpart here, and the final rounding up is monotone, so the
+    bound holds.
     """
-    if input_tokens < 0 or output_tokens < 0:
+    if min(input_tokens, output_tokens, characters, audio_seconds) < 0:
         raise ValueError("token bounds must be non-negative")
-    total = input_tokens * price.bound_input + output_tokens * price.bound_output
-    return ceil_div(total, TOKENS_PER_MTOK) + price.bound_per_request
+    total = input_tokens * price.bound_input + output_tokens * price.bound_output + characters * price.per_mchars
+    return _units_cost(total, audio_seconds, price) + price.bound_per_request
 
 
 def _check_usage(usage: TokenUsage) -> None:
     if min(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
-           usage.cache_write_1h_tokens, usage.reasoning_tokens) < 0:
+           usage.cache_write_1h_tokens, usage.reasoning_tokens, usage.input_audio_tokens, usage.input_image_tokens,
+           usage.output_audio_tokens, usage.output_image_tokens, usage.input_characters,
+           usage.input_audio_seconds) < 0:
         raise ValueError(f"token counts must be non-negative: {usage}")
-    cached = usage.cache_read_tokens + usage.cache_write_tokens + usage.cache_write_1h_tokens
-    if cached > usage.input_tokens:
-        raise ValueError(f"cache read and write tokens ({cached}) exceed all input tokens "
+    parts = (usage.cache_read_tokens + usage.cache_write_tokens + usage.cache_write_1h_tokens
+             + usage.input_audio_tokens + usage.input_image_tokens)
+    if parts > usage.input_tokens:
+        raise ValueError(f"cache, audio and image tokens ({parts}) exceed all input tokens "
                          f"({usage.input_tokens}): {usage}")
-    if usage.reasoning_tokens > usage.output_tokens:
-        raise ValueError(f"reasoning tokens ({usage.reasoning_tokens}) exceed all output tokens "
+    output_parts = usage.reasoning_tokens + usage.output_audio_tokens + usage.output_image_tokens
+    if output_parts > usage.output_tokens:
+        raise ValueError(f"reasoning, audio and image tokens ({output_parts}) exceed all output tokens "
                          f"({usage.output_tokens}): {usage}")

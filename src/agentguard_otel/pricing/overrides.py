@@ -1,4 +1,5 @@
-"""The user's own price table: a mapping, or a YAML/JSON file, of model -> USD-per-MTok rates.
+"""The user's own price table: a mapping, or a YAML/JSON file, of model -> USD-per-MTok rates (and
+per million characters or per audio hour, for models billed by those).
 
 Keys are ``provider/model`` or a bare ``model``. Rates are read as exact decimals: YAML with the
 base loader (every scalar stays the string the user wrote) and JSON with Decimal floats. A Python
@@ -27,8 +28,16 @@ _RATE_FIELDS = {
     "cache_write_1h_usd_per_mtok": "cache_write_1h",
     "reasoning_usd_per_mtok": "reasoning",
     "per_request_usd": "per_request",
+    "input_audio_usd_per_mtok": "input_audio",
+    "input_image_usd_per_mtok": "input_image",
+    "output_audio_usd_per_mtok": "output_audio",
+    "output_image_usd_per_mtok": "output_image",
+    "usd_per_mchars": "per_mchars",
+    "usd_per_audio_hour": "per_audio_hour",
 }
 _REQUIRED = ("input_usd_per_mtok", "output_usd_per_mtok")
+_UNIT_FIELDS = ("usd_per_mchars", "usd_per_audio_hour")
+"""A model billed by characters or audio duration alone (tts-1, whisper-1) needs no token rates."""
 
 OverrideSource = str | os.PathLike[str] | Mapping[str, Any] | None
 
@@ -82,14 +91,12 @@ def _entry(entry: Any, where: str) -> ModelPrice:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; "
                           f"allowed: {', '.join(_RATE_FIELDS)}")
     missing = [field for field in _REQUIRED if entry.get(field) is None]
-    if missing:
+    if missing and not any(entry.get(field) is not None for field in _UNIT_FIELDS):
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
     rates = {_RATE_FIELDS[field]: _nano(value, f"{where}: {field}")
              for field, value in entry.items() if value is not None}
-    return flat_price("", "", "override", input=rates.pop("input"), output=rates.pop("output"),
-                      cache_read=rates.get("cache_read"), cache_write=rates.get("cache_write"),
-                      cache_write_1h=rates.get("cache_write_1h"), reasoning=rates.get("reasoning"),
-                      per_request=rates.get("per_request", 0))
+    return flat_price("", "", "override", input=rates.pop("input", 0), output=rates.pop("output", 0),
+                      **rates)
 
 
 def _nano(value: Any, where: str) -> int:

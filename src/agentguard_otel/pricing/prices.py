@@ -1,5 +1,6 @@
-"""Price records. Every rate is an integer number of nano-USD per 1,000,000 tokens, so pricing a
-call is integer arithmetic with one rounding (up) at the end."""
+"""Price records. Every token rate is an integer number of nano-USD per 1,000,000 tokens (characters
+per 1,000,000 characters, audio per hour), so pricing a call is integer arithmetic with one rounding
+(up) at the end."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Literal
 from agentguard_otel.money import usd_to_nano
 
 TOKENS_PER_MTOK = 1_000_000
+SECONDS_PER_HOUR = 3_600
 
 PriceSource = Literal["genai-prices", "override", "openrouter", "fallback"]
 """Where a price came from: bundled data, the user's table, an imported OpenRouter catalog, or the
@@ -32,6 +34,10 @@ class PriceTier:
     cache_write_1h: int | None = None
     reasoning: int | None = None
     per_request: int = 0
+    input_audio: int | None = None
+    input_image: int | None = None
+    output_audio: int | None = None
+    output_image: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +47,11 @@ class ModelPrice:
     ``input`` .. ``per_request`` are the base rates (requests below every tier threshold);
     ``tiers`` (ascending ``above``) replace them for larger requests. ``None`` cache or reasoning
     rates mean those tokens are billed like plain input or output tokens.
+
+    ``input_audio`` .. ``output_image``: rates of audio and image tokens where the model bills them
+    apart (``None``: like plain tokens of their direction). ``per_mchars``: nano-USD per million
+    input characters (text-to-speech); ``per_audio_hour``: nano-USD per hour of input audio
+    (transcription), billed by the second.
 
     ``max_input`` / ``max_output`` are the highest rate any input / output token of this model can
     be billed at: over every tier and every modality the bundled data prices separately (audio,
@@ -59,6 +70,12 @@ class ModelPrice:
     cache_write_1h: int | None = None
     reasoning: int | None = None
     per_request: int = 0
+    input_audio: int | None = None
+    input_image: int | None = None
+    output_audio: int | None = None
+    output_image: int | None = None
+    per_mchars: int = 0
+    per_audio_hour: int = 0
     tiers: tuple[PriceTier, ...] = ()
     context_window: int | None = None
     """Most tokens one request can carry (input + output), where the price data says: it bounds
@@ -76,10 +93,12 @@ class ModelPrice:
         rate_sets: tuple[ModelPrice | PriceTier, ...] = (self, *self.tiers)
         for rates in rate_sets:
             values = (rates.input, rates.output, rates.cache_read, rates.cache_write, rates.cache_write_1h,
-                      rates.reasoning, rates.per_request)
+                      rates.reasoning, rates.per_request, rates.input_audio, rates.input_image, rates.output_audio,
+                      rates.output_image, self.per_mchars, self.per_audio_hour)
             if any(value is not None and value < 0 for value in values):
                 raise ValueError(f"negative rate in the price of {name}")
-            if rates.input > self.max_input or rates.output > self.max_output:
+            if max(rates.input, rates.input_audio or 0, rates.input_image or 0) > self.max_input or \
+                    max(rates.output, rates.output_audio or 0, rates.output_image or 0) > self.max_output:
                 raise ValueError(f"max_input/max_output below a tier's rate in the price of {name}")
             bound_input = max(bound_input, rates.cache_read or 0, rates.cache_write or 0,
                               rates.cache_write_1h or 0)
@@ -106,6 +125,15 @@ class TokenUsage:
     """Cache writes at the default (5-minute) lifetime."""
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    """Audio (and below, image) tokens among the input / output tokens, billed at their own rates."""
+    input_image_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_image_tokens: int = 0
+    input_characters: int = 0
+    """Characters billed per character (text-to-speech), apart from any tokens."""
+    input_audio_seconds: int = 0
+    """Seconds of audio billed by duration (transcription), apart from any tokens."""
 
 
 def fallback_price(provider: str, model: str, input_nano_per_mtok: int,
@@ -117,11 +145,17 @@ def fallback_price(provider: str, model: str, input_nano_per_mtok: int,
 def flat_price(provider: str, model: str, source: PriceSource, *, input: int, output: int,
                cache_read: int | None = None, cache_write: int | None = None,
                cache_write_1h: int | None = None, reasoning: int | None = None,
-               per_request: int = 0) -> ModelPrice:
-    """A price without tiers or modality-specific rates: the max rates are the base rates."""
-    return ModelPrice(provider=provider, model=model, input=input, output=output, max_input=input,
-                      max_output=output, source=source, cache_read=cache_read, cache_write=cache_write,
-                      cache_write_1h=cache_write_1h, reasoning=reasoning, per_request=per_request)
+               per_request: int = 0, input_audio: int | None = None, input_image: int | None = None,
+               output_audio: int | None = None, output_image: int | None = None, per_mchars: int = 0,
+               per_audio_hour: int = 0) -> ModelPrice:
+    """A price without tiers: the max rates are the highest token rate of each direction."""
+    return ModelPrice(provider=provider, model=model, input=input, output=output,
+                      max_input=max(input, input_audio or 0, input_image or 0),
+                      max_output=max(output, output_audio or 0, output_image or 0), source=source,
+                      cache_read=cache_read, cache_write=cache_write, cache_write_1h=cache_write_1h,
+                      reasoning=reasoning, per_request=per_request, input_audio=input_audio,
+                      input_image=input_image, output_audio=output_audio, output_image=output_image,
+                      per_mchars=per_mchars, per_audio_hour=per_audio_hour)
 
 
 def free_price(provider: str, model: str, source: PriceSource) -> ModelPrice:
