@@ -37,7 +37,9 @@ Controls (see :mod:`tests.servers.base`): ``fail_next`` answers ``{"error": {"me
 embeddings body, of a stream's final usage chunk (with :data:`OMIT_USAGE` that chunk is not sent,
 even when ``stream_options.include_usage`` asked for it), and of a Response (body, and the
 ``response.completed`` / ``response.incomplete`` event); the usage-less ``usage: null`` fields of
-the other stream events stay.
+the other stream events stay. ``call_tool_next(name, arguments)`` makes the next Response a call
+of that function tool instead of a message (its ``response.function_call_arguments`` events when
+streamed), billed as the message would have been: an agent's tool turn, then its answer.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import base64
 import struct
 import time
 import zlib
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -144,6 +147,10 @@ def _sse_named(payloads: list[JSONObject]) -> list[bytes]:
     return [sse({**payload, "sequence_number": n}, payload["type"]) for n, payload in enumerate(payloads)]
 
 
+def _text_part(text: str) -> JSONObject:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
 def _require_model(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -212,6 +219,7 @@ class LocalOpenAIServer(LocalServer):
         self._credit_remaining_usd: str | None = None  # OpenRouter /key: None means no limit on the key
         self._background: dict[str, JSONObject] = {}  # background responses by id, as finished
         self._answer_as: str | None = None
+        self._tool_calls: deque[tuple[str, str]] = deque()  # (name, arguments) the next Responses call
         self._endpoints: dict[str, Endpoint] = {
             "chat/completions": self._chat,
             "responses": self._responses,
@@ -258,6 +266,25 @@ class LocalOpenAIServer(LocalServer):
         return Reply(error.status, body, headers=retry_now(error.status))
 
     # the fake model -----------------------------------------------------------------------------
+
+    def call_tool_next(self, name: str, arguments: str = "{}") -> None:
+        """Answer the next Responses request with a call of function tool ``name`` (JSON ``arguments``)."""
+        with self._lock:
+            self._tool_calls.append((name, arguments))
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self._tool_calls.clear()
+
+    def _output_item(self, item_id: str, status: str, text: str) -> JSONObject:
+        """The Response's output: the pending tool call, else the message of ``text``."""
+        with self._lock:
+            tool = self._tool_calls.popleft() if self._tool_calls else None
+        if tool is not None:
+            return {"id": item_id, "type": "function_call", "status": "completed", "call_id": self.next_id("call_"),
+                    "name": tool[0], "arguments": tool[1]}
+        return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [_text_part(text)]}
 
     def answer_as(self, model: str | None) -> None:
         """Answer every request as ``model``, whatever was asked (a provider routing elsewhere)."""
@@ -452,16 +479,7 @@ class LocalOpenAIServer(LocalServer):
         envelope = self._envelope("resp_", "response", done.model)
         item_id = self.next_id("msg_")
 
-        def part(text: str) -> JSONObject:
-            return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-        item = {
-            "id": item_id,
-            "type": "message",
-            "status": status,
-            "role": "assistant",
-            "content": [part(done.text)],
-        }
+        item = self._output_item(item_id, status, done.text)
         usage = {
             "input_tokens": done.prompt_tokens,
             "input_tokens_details": {"cached_tokens": done.cached_tokens, "cache_write_tokens": 0},
@@ -509,18 +527,29 @@ class LocalOpenAIServer(LocalServer):
         if not body.get("stream"):
             return Reply(200, response(status, [item], reported))
         at = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        if item["type"] == "function_call":
+            deltas: list[JSONObject] = [
+                {"type": "response.output_item.added", "output_index": 0,
+                 "item": {**item, "status": "in_progress", "arguments": ""}},
+                {"type": "response.function_call_arguments.delta", "item_id": item_id, "output_index": 0,
+                 "delta": item["arguments"]},
+                {"type": "response.function_call_arguments.done", "item_id": item_id, "output_index": 0,
+                 "name": item["name"], "arguments": item["arguments"]},
+            ]
+        else:
+            deltas = [
+                {"type": "response.output_item.added", "output_index": 0,
+                 "item": {**item, "status": "in_progress", "content": []}},
+                {"type": "response.content_part.added", **at, "part": _text_part("")},
+                *({"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []}
+                  for piece in done.pieces),
+                {"type": "response.output_text.done", **at, "text": done.text, "logprobs": []},
+                {"type": "response.content_part.done", **at, "part": _text_part(done.text)},
+            ]
         events: list[JSONObject] = [
             {"type": "response.created", "response": response("in_progress", [], None)},
             {"type": "response.in_progress", "response": response("in_progress", [], None)},
-            {
-                "type": "response.output_item.added",
-                "output_index": 0,
-                "item": {**item, "status": "in_progress", "content": []},
-            },
-            {"type": "response.content_part.added", **at, "part": part("")},
-            *({"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []} for piece in done.pieces),
-            {"type": "response.output_text.done", **at, "text": done.text, "logprobs": []},
-            {"type": "response.content_part.done", **at, "part": part(done.text)},
+            *deltas,
             {"type": "response.output_item.done", "output_index": 0, "item": item},
             {"type": f"response.{status}", "response": response(status, [item], reported)},
         ]

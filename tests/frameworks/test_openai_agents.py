@@ -1,0 +1,154 @@
+"""The OpenAI Agents SDK on the Responses API, through the real ``openai`` SDK to the local server,
+guarded (its own tracing export switched off, so it sends nothing anywhere): ``Runner.run_sync``,
+``Runner.run`` and ``Runner.run_streamed`` settle every model call exactly, a run where the model
+calls a function tool is two guarded calls, a spent cap blocks the next run before the server,
+one guard span per model call, and the scope follows runs handed to threads."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import pytest
+from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner, function_tool
+from agents.result import RunResultBase
+
+from agentguard_otel import scope
+from tests.conftest import GuardFactory, Telemetry
+from tests.frameworks.conftest import Run
+from tests.frameworks.support import (
+    CAPPED_TEAM,
+    MAX_OUTPUT_TOKENS,
+    TEAM_REASON,
+    assert_blocked,
+    assert_one_span_per_call,
+    assert_settled,
+    ours,
+    policy,
+    receipts,
+    spend_until_blocked,
+)
+from tests.servers.openai_server import LocalOpenAIServer
+
+PROMPT = "Review this diff, please."
+LIMIT_USD = "0.0001"  # a few runs of gpt-4o-mini, then the daily cap blocks
+NO_TRACING = RunConfig(tracing_disabled=True)  # the SDK's switch: no trace export to OpenAI's servers
+DIFF = "+ print('hello')"
+
+
+@function_tool
+def read_diff(path: str) -> str:
+    """The diff of one file."""
+    return f"{path}: {DIFF}"
+
+
+def reviewer(server: LocalOpenAIServer) -> Agent[Any]:
+    """A reviewer agent on a client of its own: an async client belongs to the event loop it first
+    ran in, and ``Runner.run_sync`` in another thread runs a loop of its own."""
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+    return Agent(name="reviewer", instructions="Review the diff.", tools=[read_diff],
+                 model=OpenAIResponsesModel(model="gpt-4o-mini", openai_client=client),
+                 model_settings=ModelSettings(max_tokens=MAX_OUTPUT_TOKENS))
+
+
+@pytest.fixture
+def agent(server: LocalOpenAIServer) -> Agent[Any]:
+    return reviewer(server)
+
+
+def per_call(result: RunResultBase) -> list[tuple[int, int]]:
+    """(input, output) tokens of each model call of the run, as the SDK accounted them."""
+    return [(u.input_tokens, u.output_tokens) for u in result.context_wrapper.usage.request_usage_entries]
+
+
+def test_run_sync_and_run_settle_exactly(agent: Agent[Any], server: LocalOpenAIServer, run: Run[Any],
+                                         guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(LIMIT_USD))
+    results = [Runner.run_sync(agent, PROMPT, run_config=NO_TRACING),
+               run(Runner.run(agent, PROMPT, run_config=NO_TRACING))]
+    assert all(r.final_output for r in results)
+    assert [r.path for r in server.requests] == ["/v1/responses"] * 2
+    assert_settled(handle, server, [c for r in results for c in per_call(r)])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_run_streamed_settles_exactly(agent: Agent[Any], server: LocalOpenAIServer, run: Run[Any],
+                                      guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(LIMIT_USD))
+
+    async def streamed() -> RunResultBase:
+        result = Runner.run_streamed(agent, PROMPT, run_config=NO_TRACING)
+        deltas = [e async for e in result.stream_events() if e.type == "raw_response_event"
+                  and e.data.type == "response.output_text.delta"]
+        assert deltas
+        return result
+
+    result = run(streamed())
+    assert result.final_output
+    assert [r["stream"] for r in receipts(handle, "decision")] == [True]
+    assert_settled(handle, server, per_call(result))
+    assert_one_span_per_call(otel, handle)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
+def test_a_tool_call_run_is_two_guarded_calls(streamed: bool, agent: Agent[Any], server: LocalOpenAIServer,
+                                              run: Run[Any], guarded: GuardFactory, otel: Telemetry) -> None:
+    """The model calls the function tool, the SDK runs it and sends its output back: both model
+    calls are decided, sent and settled, in the order the server saw them."""
+    handle = guarded(policy("1"))
+    server.call_tool_next("read_diff", '{"path": "app.py"}')
+
+    async def drained() -> RunResultBase:
+        result = Runner.run_streamed(agent, PROMPT, run_config=NO_TRACING)
+        _ = [e async for e in result.stream_events()]
+        return result
+
+    result = run(drained() if streamed else Runner.run(agent, PROMPT, run_config=NO_TRACING))
+    assert result.final_output
+    first, second = (r.body or {} for r in server.requests)
+    assert [t["name"] for t in first["tools"]] == ["read_diff"]
+    (output,) = [i for i in second["input"] if i.get("type") == "function_call_output"]
+    assert output["output"] == f"app.py: {DIFF}"
+    assert [r["stream"] for r in receipts(handle, "decision")] == [streamed] * 2
+    settled = assert_settled(handle, server, per_call(result))
+    assert settled[1]["usage"]["input_tokens"] > settled[0]["usage"]["input_tokens"]  # the tool turn is input
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_spent_cap_blocks_before_the_server(agent: Agent[Any], server: LocalOpenAIServer, run: Run[Any],
+                                              guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(LIMIT_USD))
+    spend_until_blocked(lambda: Runner.run_sync(agent, PROMPT, run_config=NO_TRACING), server, handle)
+
+    async def streamed() -> None:
+        result = Runner.run_streamed(agent, PROMPT, run_config=NO_TRACING)
+        _ = [e async for e in result.stream_events()]
+
+    assert_blocked(lambda: run(streamed()), server, handle)
+    assert_one_span_per_call(otel, handle)
+
+
+def test_runs_in_threads_keep_the_scope(server: LocalOpenAIServer, run: Run[Any],
+                                        guarded: GuardFactory, otel: Telemetry) -> None:
+    """A run handed to ``asyncio.to_thread`` or an executor is the caller's: the team is on its
+    receipts, and the capped team's runs are blocked there too."""
+    handle = guarded(policy("1"))
+
+    def run_sync() -> RunResultBase:
+        return Runner.run_sync(reviewer(server), PROMPT, run_config=NO_TRACING)
+
+    async def in_thread() -> Any:
+        return await asyncio.to_thread(run_sync)
+
+    with scope(team="research"), ThreadPoolExecutor(1) as pool:
+        results = [run(in_thread()), pool.submit(run_sync).result()]
+    assert [r["scope"]["team"] for r in receipts(handle, "settlement")] == ["research"] * 2
+    assert_settled(handle, server, [c for r in results for c in per_call(r)])
+    with scope(team=CAPPED_TEAM), ThreadPoolExecutor(1) as pool:
+        blocked = [ours(pool.submit(run_sync).exception() or AssertionError("not blocked"))]
+        blocked.append(assert_blocked(lambda: run(in_thread()), server, handle, TEAM_REASON))
+    assert [(b.reason, b.scope["team"]) for b in blocked] == [(TEAM_REASON, CAPPED_TEAM)] * 2
+    assert len(server.requests) == 2
+    assert_one_span_per_call(otel, handle)
