@@ -21,6 +21,11 @@ class MalformedResponse(ValueError):
     """A response's usage or cost cannot be trusted (negative, non-numeric, inconsistent, absurd)."""
 
 
+class Unchangeable(ValueError):
+    """The request cannot carry the guard's changes (a signed body): the message says why, and a
+    decision that needs a change is refused in enforce mode."""
+
+
 @dataclass(frozen=True)
 class LLMRequest:
     """What the guard needs to price and decide a call, with no SDK types in it."""
@@ -134,4 +139,4 @@ class Decision:
 
 
 __all__ = ["Action", "CapRef", "Decision", "LLMRequest", "MalformedResponse", "RequestChanges", "ResponseInfo",
-           "UnknownEndpoint"]
+           "Unchangeable", "UnknownEndpoint"]

@@ -20,7 +20,16 @@ from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agentguard_otel.call import Action, CapRef, Decision, LLMRequest, RequestChanges, ResponseInfo, UnknownEndpoint
+from agentguard_otel.call import (
+    Action,
+    CapRef,
+    Decision,
+    LLMRequest,
+    RequestChanges,
+    ResponseInfo,
+    Unchangeable,
+    UnknownEndpoint,
+)
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
 from agentguard_otel.ledger import CounterSpec, CounterState, Ledger, Reservation
 from agentguard_otel.money import MAX_AMOUNT_NANO, format_usd
@@ -607,8 +616,9 @@ class GuardedCall:
                      type(exc).__name__)
         self._settle(ResponseInfo(), "unsent", exc, None, False)
         if self.guard.enforcing:
+            why = str(exc) if isinstance(exc, Unchangeable) else type(exc).__name__
             raise AgentGuardBlocked(action="block", reason=f"agentguard could not apply its decision "
-                                    f"({type(exc).__name__}); blocked in enforce mode", cap=None,
+                                    f"({why}); blocked in enforce mode", cap=None,
                                     scope=self.scope.as_dict(), receipt_hash=self.decision_hash)
 
     def _settle(self, info: ResponseInfo, outcome: str, exc: BaseException | None, status: int | None,

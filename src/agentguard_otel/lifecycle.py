@@ -58,6 +58,10 @@ class Settler(Protocol):
 
     def finish(self, info: ResponseInfo, *, complete: bool = True) -> None: ...
 
+    def fail(self, exc: BaseException, status: int | None = None, sent: bool = True) -> None:
+        """The provider answered with an error (an HTTP client that returns error statuses)."""
+        ...
+
     def keepalive(self) -> None: ...
 
 
@@ -105,6 +109,9 @@ class _Correction:
     def finish(self, info: ResponseInfo, *, complete: bool = True) -> None:
         if complete:
             self._guard.adjust(self._response_id, info)
+
+    def fail(self, exc: BaseException, status: int | None = None, sent: bool = True) -> None:
+        """A follow-up that failed corrects nothing: the reservation stands."""
 
     def keepalive(self) -> None:
         """Nothing is held for a follow-up."""

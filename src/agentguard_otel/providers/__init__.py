@@ -54,6 +54,7 @@ INTEGRATION_MODULES: tuple[tuple[str, str, str], ...] = (
     ("agentguard_otel.providers.tripwire", "INTEGRATIONS", "http.client"),
     ("agentguard_otel.providers.tripwire", "INTEGRATIONS", "httpx"),
     ("agentguard_otel.providers.tripwire", "INTEGRATIONS", "httpx2"),
+    ("agentguard_otel.providers.tripwire", "INTEGRATIONS", "aiohttp"),
 )
 
 

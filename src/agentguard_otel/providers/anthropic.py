@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Mapping
 from typing import Any
@@ -156,10 +157,12 @@ class AnthropicAdapter(StainlessAdapter):
     free = FREE
     refused = REFUSED
 
-    def __init__(self) -> None:
+    @functools.cached_property
+    def _preparers(self) -> tuple[Any, Any]:
+        """The SDK's body preparers (absent where resources transform): looked up when first needed,
+        so the adapter's tables also serve requests sent without the SDK."""
         utils = importlib.import_module("anthropic._utils")
-        self._prepare = getattr(utils, "prepare_request_data", None)  # absent where resources transform
-        self._prepare_async = getattr(utils, "async_prepare_request_data", None)
+        return getattr(utils, "prepare_request_data", None), getattr(utils, "async_prepare_request_data", None)
 
     def provider(self, client: Any) -> tuple[str, str]:
         return "anthropic", "anthropic"
@@ -193,12 +196,14 @@ class AnthropicAdapter(StainlessAdapter):
     def prepare_body(self, data: Any) -> Any:
         # Recent SDKs pass the caller's arguments to ``request`` as given (omitted markers,
         # iterators, content blocks from an earlier reply) and make them JSON-ready inside it.
-        return self._prepare(data, location="body") if self._prepare is not None else data
+        prepare = self._preparers[0]
+        return prepare(data, location="body") if prepare is not None else data
 
     async def prepare_body_async(self, data: Any) -> Any:
-        if self._prepare_async is None:
+        prepare = self._preparers[1]
+        if prepare is None:
             return data
-        return await self._prepare_async(data, location="body")
+        return await prepare(data, location="body")
 
 
 INTEGRATION = Integration("anthropic >= 0.40", lambda guard: StainlessHook(AnthropicAdapter(), guard))

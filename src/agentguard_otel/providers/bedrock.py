@@ -14,9 +14,12 @@ may cost less than a regional one), so the id is never stripped for pricing.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import struct
 import weakref
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -354,7 +357,14 @@ def classify(client: Any, operation_name: str, params: Mapping[str, Any]) -> Pre
 
 
 def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prepared | None:
-    """Describe a Bedrock Runtime LLM call; None for anything else."""
+    """Describe a Bedrock Runtime LLM call of a botocore client; None for anything else."""
+    return describe(operation_name, params, _server(client), _timeout_seconds(client))
+
+
+def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str | None, int | None],
+             timeout_seconds: float | None) -> Prepared | None:
+    """Describe a Bedrock Runtime LLM call from its API params (``modelId`` and the Converse fields,
+    or an InvokeModel ``body``) sent to ``server``; None for anything else."""
     operation = OPERATIONS.get(operation_name)
     model_id = params.get("modelId")
     if operation is None or not isinstance(model_id, str):
@@ -383,7 +393,7 @@ def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prep
         items = len(listed) if isinstance(listed, list) else 1
     asked = get_path(body, family.max_output) if family.max_output and body is not None else None
     unseen = find_unseen([body.get(name) for name in family.input_fields], _unseen) if body is not None else None
-    host, port = _server(client)
+    host, port = server
     request = LLMRequest(
         provider=PROVIDER,
         price_provider=PRICE_PROVIDER,
@@ -397,7 +407,7 @@ def prepare(client: Any, operation_name: str, params: Mapping[str, Any]) -> Prep
         else family.default_max_output,
         server_address=host,
         server_port=port,
-        timeout_seconds=_timeout_seconds(client),
+        timeout_seconds=timeout_seconds,
         unseen_input=unseen,
         unknown_output_limit=(f"the invoke_model body of {model_name(model_id)}, a model family this adapter "
                               "does not read") if family is OTHER else None,
@@ -473,12 +483,7 @@ class BedrockExchange:
         if parsed is not None:
             read_whole(reader, parsed)
         info = reader.info
-        headers = get_path(result, ("ResponseMetadata", "HTTPHeaders")) or {}
-        if info.usage is None and info.problem is None and HEADER_USAGE.input[0] in headers:
-            try:
-                info.usage = HEADER_USAGE.read({k: _int(v) for k, v in headers.items()})
-            except MalformedResponse as exc:
-                info.problem = str(exc)
+        usage_from_headers(info, get_path(result, ("ResponseMetadata", "HTTPHeaders")) or {})
         if info.usage is None:
             info.output_bytes = len(data)  # no usage reported: the output is within these bytes
         settler.finish(info)
@@ -490,6 +495,74 @@ class BedrockExchange:
 
     def never_sent(self, exc: BaseException) -> bool:
         return caused_by(exc, _CONNECT_ERRORS)
+
+
+def usage_from_headers(info: ResponseInfo, headers: Mapping[str, str]) -> None:
+    """An InvokeModel answer's usage from its token-count headers (lower-case names), where its body
+    reported none."""
+    if info.usage is None and info.problem is None and HEADER_USAGE.input[0] in headers:
+        try:
+            info.usage = HEADER_USAGE.read({k: _int(v) for k, v in headers.items()})
+        except MalformedResponse as exc:
+            info.problem = str(exc)
+
+
+# The Bedrock Runtime REST paths ``/model/{modelId}/{path}`` of the operations the adapter prices.
+OPERATION_PATHS: Mapping[str, str] = {"converse": "Converse", "converse-stream": "ConverseStream",
+                                      "invoke": "InvokeModel",
+                                      "invoke-with-response-stream": "InvokeModelWithResponseStream"}
+_PRELUDE = 12  # total length, headers length, prelude CRC
+
+
+def split_events(buffer: bytes) -> tuple[list[Any], bytes]:
+    """The whole messages of an ``application/vnd.amazon.eventstream`` body read so far, as
+    botocore's EventStream yields them (``{event type: payload}``, a ``chunk``'s ``bytes``
+    decoded), and the bytes of the next, incomplete one. A damaged message or an error event is
+    :class:`MalformedResponse`."""
+    events: list[Any] = []
+    while len(buffer) >= _PRELUDE:
+        total, headers_length, prelude_crc = struct.unpack(">III", buffer[:_PRELUDE])
+        if zlib.crc32(buffer[:8]) != prelude_crc or total < _PRELUDE + headers_length + 4:
+            raise MalformedResponse("event stream message damaged")
+        if len(buffer) < total:
+            break
+        message, buffer = buffer[:total], buffer[total:]
+        if zlib.crc32(message[:-4]) != struct.unpack(">I", message[-4:])[0]:
+            raise MalformedResponse("event stream message damaged")
+        headers = _event_headers(message[_PRELUDE:_PRELUDE + headers_length])
+        if headers.get(":message-type") != "event":
+            raise MalformedResponse("the event stream carried an error")
+        payload = loads(message[_PRELUDE + headers_length:-4] or b"{}")
+        kind = headers.get(":event-type", "")
+        if kind == "chunk" and isinstance(payload.get("bytes"), str):
+            payload = {**payload, "bytes": base64.b64decode(payload["bytes"])}
+        events.append({kind: payload})
+    return events, buffer
+
+
+def _event_headers(raw: bytes) -> dict[str, str]:
+    """The string headers of one event-stream message (other header types are skipped)."""
+    headers: dict[str, str] = {}
+    at = 0
+    while at < len(raw):
+        name_length = raw[at]
+        name = raw[at + 1:at + 1 + name_length].decode("utf-8", "replace")
+        at += 1 + name_length
+        kind = raw[at]
+        at += 1
+        if kind in (_BYTES_HEADER, _STRING_HEADER):
+            (length,) = struct.unpack(">H", raw[at:at + 2])
+            value = raw[at + 2:at + 2 + length]
+            at += 2 + length
+            if kind == _STRING_HEADER:
+                headers[name] = value.decode("utf-8", "replace")
+        else:
+            at += _FIXED_HEADER_SIZES.get(kind, len(raw))  # an unknown type ends the reading
+    return headers
+
+
+_BYTES_HEADER, _STRING_HEADER = 6, 7
+_FIXED_HEADER_SIZES = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}  # true, false, byte ... timestamp, uuid
 
 
 # botocore errors raised before a request leaves: the connection was never made.

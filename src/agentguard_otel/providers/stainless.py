@@ -203,6 +203,108 @@ def _lower_limits(entry: Any, fields: tuple[str, ...], limit: int) -> Any:
     return {**entry, **{f: limit for f in fields if isinstance(entry.get(f), int) and entry[f] > limit}}
 
 
+def route(adapter: StainlessAdapter, method: str, path: str, root: str) -> tuple[str, Endpoint] | str | None:
+    """Where a request to a normalised ``path`` goes, for an API whose root is ``root``: (table
+    path, endpoint) for an LLM call, None for a free request, and otherwise its description: an
+    endpoint no table lists is unknown, never free."""
+    method = method.upper()
+    if method in _FREE_METHODS:
+        return None
+    if method == "POST":
+        # An LLM path is recognised under any prefix; a free one only right under the API root.
+        listed = [p for p in adapter.endpoints if ends_with(path, p)]
+        if listed:
+            table_path = max(listed, key=len)  # /chat/completions, not /completions
+            return table_path, adapter.endpoints[table_path]
+        relative = path[len(root):] if root != "/" and path.startswith(root + "/") else path
+        if any(matches(relative, free) for free in adapter.free):
+            return None
+    return f"{method} {path}"
+
+
+def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint], body: dict[str, Any],
+             stream: bool, timeout_seconds: float | None) -> Prepared | None:
+    """The LLM request a JSON body makes at an endpoint, or None when it names no model; ``client``
+    is what the adapter reads of the sender (its ``base_url``): an SDK client, or a raw request's origin."""
+    path, endpoint = target
+    model = body.get("model")
+    if not isinstance(model, str):
+        return None
+    measure = InputMeasure()
+    for name in endpoint.input_fields:
+        if name in body:
+            part = measure_input(body[name], adapter.is_image)
+            measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
+    items = body.get(endpoint.item_field) if endpoint.item_field else None
+    # Where several limit fields are set, the provider may honour any: the bound takes the largest.
+    asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int) and not isinstance(v, bool)]
+    max_output = max(asked) if asked else endpoint.default_max_output
+    # every choice a call may generate is billed (``n``; legacy ``best_of`` generates that many)
+    multiplier = max((v for f in endpoint.multiplier_fields if isinstance(v := body.get(f), int)
+                      and not isinstance(v, bool) and v > 0), default=1)
+    entries = _fallback_entries(body, endpoint)
+    fallbacks = tuple(m for e in entries if isinstance(m := _entry_model(e), str) and m != model)
+    entry_limits = [n for e in entries for f in endpoint.max_output_fields
+                    if isinstance(n := get_path(e, (f,)), int)]
+    if max_output is not None and entry_limits:
+        max_output = max(max_output, *entry_limits)  # a fallback may answer with its own, larger limit
+    provider, price_provider = adapter.provider(client)
+    url = getattr(client, "base_url", None)
+    request = LLMRequest(
+        provider=provider,
+        price_provider=price_provider,
+        operation=endpoint.operation,
+        model=model,
+        stream=stream or body.get("stream") is True,
+        input_bytes=measure.bytes,
+        input_items=len(items) if isinstance(items, list) else 1,
+        input_images=measure.images,
+        max_output_tokens=max_output,
+        output_multiplier=multiplier,
+        produces_output=endpoint.produces_output,
+        server_address=getattr(url, "host", None),
+        server_port=getattr(url, "port", None),
+        timeout_seconds=timeout_seconds,
+        fallback_models=fallbacks,
+        deployment=adapter.deployment(client, body),
+        unseen_input=adapter.unseen_input(body),
+        traced=adapter.traced(client),
+        service_tier=tier if isinstance(tier := body.get("service_tier"), str) and tier not in _DEFAULT_TIERS
+        else None,
+        input_overhead_tokens=adapter.input_overhead_tokens(body),
+    )
+    return Prepared(request, endpoint, path, body)
+
+
+def body_changes(adapter: StainlessAdapter, client: Any, prepared: Prepared,
+                 changes: RequestChanges) -> tuple[dict[str, Any], set[str], bool]:
+    """The body fields the guard's changes set and remove, and whether a usage-only stream chunk
+    is requested on the caller's behalf (to hide from it)."""
+    endpoint = prepared.endpoint
+    updates: dict[str, Any] = {}
+    removals: set[str] = set()
+    fallback_field = endpoint.fallback_models_field
+    entries = _fallback_entries(prepared.body, endpoint)
+    limit = changes.max_output_tokens
+    if changes.model is not None:
+        updates["model"] = changes.model
+        if fallback_field in prepared.body:
+            removals.add(str(fallback_field))  # a downgrade leaves the target as the only model
+    elif limit is not None and fallback_field and any(isinstance(e, Mapping) for e in entries):
+        updates[fallback_field] = [_lower_limits(e, endpoint.max_output_fields, limit) for e in entries]
+    if limit is not None:
+        present = [f for f in endpoint.max_output_fields if f in prepared.body]
+        for name in present or [adapter.inject_field(endpoint, client)]:
+            updates[name] = limit
+    hide_usage = False
+    if changes.ask_stream_usage and prepared.request.stream and endpoint.stream_usage_option:
+        stream_options = prepared.body.get("stream_options")
+        if not (isinstance(stream_options, Mapping) and stream_options.get("include_usage")):
+            updates["stream_options"] = {**(stream_options or {}), "include_usage": True}
+            hide_usage = True
+    return updates, removals, hide_usage
+
+
 class StainlessHook:
     """Wraps ``request`` on the SDK's sync and async API clients."""
 
@@ -227,21 +329,9 @@ class StainlessHook:
         """Where a request goes, read from the URL the SDK will send (relative or absolute, any
         spelling): (table path, endpoint) for an LLM call, None for a free request, and otherwise
         its description: an endpoint no table lists is unknown, never free."""
-        method = str(getattr(options, "method", "")).upper()
-        path = normalise_path(_sent_path(client, str(getattr(options, "url", ""))))
-        if method in _FREE_METHODS:
-            return None
-        if method == "POST":
-            # An LLM path is recognised under any prefix; a free one only right under the API root.
-            listed = [p for p in self.adapter.endpoints if ends_with(path, p)]
-            if listed:
-                table_path = max(listed, key=len)  # /chat/completions, not /completions
-                return table_path, self.adapter.endpoints[table_path]
-            root = normalise_path(str(getattr(getattr(client, "base_url", None), "path", "")))
-            relative = path[len(root):] if root != "/" and path.startswith(root + "/") else path
-            if any(matches(relative, free) for free in self.adapter.free):
-                return None
-        return f"{method} {path}"
+        return route(self.adapter, str(getattr(options, "method", "")),
+                     normalise_path(_sent_path(client, str(getattr(options, "url", "")))),
+                     normalise_path(str(getattr(getattr(client, "base_url", None), "path", ""))))
 
     def _head(self, client: Any, options: Any, install: Callable[[Any, BodyObserver], None]
               ) -> Classified | tuple[str, Endpoint]:
@@ -260,83 +350,15 @@ class StainlessHook:
 
     def _prepare(self, client: Any, options: Any, stream: bool, route: tuple[str, Endpoint]) -> Prepared | None:
         """The LLM request, or None when its body cannot be read (then it is an unknown request)."""
-        path, endpoint = route
         body = _body(options)
         if body is None:
             return None
-        model = body.get("model")
-        if not isinstance(model, str):
-            return None
-        measure = InputMeasure()
-        for name in endpoint.input_fields:
-            if name in body:
-                part = measure_input(body[name], self.adapter.is_image)
-                measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
-        items = body.get(endpoint.item_field) if endpoint.item_field else None
-        # Where several limit fields are set, the provider may honour any: the bound takes the largest.
-        asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int) and not isinstance(v, bool)]
-        max_output = max(asked) if asked else endpoint.default_max_output
-        # every choice a call may generate is billed (``n``; legacy ``best_of`` generates that many)
-        multiplier = max((v for f in endpoint.multiplier_fields if isinstance(v := body.get(f), int)
-                          and not isinstance(v, bool) and v > 0), default=1)
-        entries = _fallback_entries(body, endpoint)
-        fallbacks = tuple(m for e in entries if isinstance(m := _entry_model(e), str) and m != model)
-        entry_limits = [n for e in entries for f in endpoint.max_output_fields
-                        if isinstance(n := get_path(e, (f,)), int)]
-        if max_output is not None and entry_limits:
-            max_output = max(max_output, *entry_limits)  # a fallback may answer with its own, larger limit
-        provider, price_provider = self.adapter.provider(client)
-        url = getattr(client, "base_url", None)
-        request = LLMRequest(
-            provider=provider,
-            price_provider=price_provider,
-            operation=endpoint.operation,
-            model=model,
-            stream=stream or body.get("stream") is True,
-            input_bytes=measure.bytes,
-            input_items=len(items) if isinstance(items, list) else 1,
-            input_images=measure.images,
-            max_output_tokens=max_output,
-            output_multiplier=multiplier,
-            produces_output=endpoint.produces_output,
-            server_address=getattr(url, "host", None),
-            server_port=getattr(url, "port", None),
-            timeout_seconds=_timeout_seconds(client, options),
-            fallback_models=fallbacks,
-            deployment=self.adapter.deployment(client, body),
-            unseen_input=self.adapter.unseen_input(body),
-            traced=self.adapter.traced(client),
-            service_tier=tier if isinstance(tier := body.get("service_tier"), str) and tier not in _DEFAULT_TIERS
-            else None,
-            input_overhead_tokens=self.adapter.input_overhead_tokens(body),
-        )
-        return Prepared(request, endpoint, path, body)
+        return describe(self.adapter, client, route, body, stream, _timeout_seconds(client, options))
 
     def _rewrite(self, client: Any, options: Any, prepared: Prepared, changes: RequestChanges) -> tuple[Any, bool]:
         """A copy of the options with the guard's changes applied (the caller's stay untouched),
         and whether a usage-only stream chunk was requested on the caller's behalf."""
-        endpoint = prepared.endpoint
-        updates: dict[str, Any] = {}
-        removals: set[str] = set()
-        fallback_field = endpoint.fallback_models_field
-        entries = _fallback_entries(prepared.body, endpoint)
-        limit = changes.max_output_tokens
-        if changes.model is not None:
-            updates["model"] = changes.model
-            if fallback_field in prepared.body:
-                removals.add(str(fallback_field))  # a downgrade leaves the target as the only model
-        elif limit is not None and fallback_field and any(isinstance(e, Mapping) for e in entries):
-            updates[fallback_field] = [_lower_limits(e, endpoint.max_output_fields, limit) for e in entries]
-        if limit is not None:
-            present = [f for f in endpoint.max_output_fields if f in prepared.body]
-            for name in present or [self.adapter.inject_field(endpoint, client)]:
-                updates[name] = limit
-        hide_usage = False
-        if changes.ask_stream_usage and prepared.request.stream and endpoint.stream_usage_option:
-            stream_options = prepared.body.get("stream_options")
-            if not (isinstance(stream_options, Mapping) and stream_options.get("include_usage")):
-                updates["stream_options"] = {**(stream_options or {}), "include_usage": True}
-                hide_usage = True
+        updates, removals, hide_usage = body_changes(self.adapter, client, prepared, changes)
         if not updates and not removals:
             return options, False
         extra = dict(options.extra_json or {})
@@ -507,7 +529,7 @@ class StainlessExchange:
         return status if isinstance(status, int) and not isinstance(status, bool) else None
 
     def never_sent(self, exc: BaseException) -> bool:
-        return caused_by(exc, _CONNECT_ERRORS)
+        return caused_by(exc, CONNECT_ERRORS)
 
 
 class StainlessFollowUp(FollowUp):
@@ -535,21 +557,28 @@ def observe_result(adapter: StainlessAdapter, reader: BodyReader, result: Any, s
     # A stream is recognised from the response, whatever the request said (``stream`` sent
     # through ``extra_body``, a server that streams unasked).
     sse = "text/event-stream" in str(http.headers.get("content-type", ""))
-    observer = BodyObserver(reader, sse=sse, on_progress=settler.keepalive,
-                            on_end=lambda info, complete: settler.finish(info, complete=complete))
+    observe_http(BodyObserver(reader, sse=sse, on_progress=settler.keepalive,
+                              on_end=lambda info, complete: settler.finish(info, complete=complete)), http, install)
+    return result
+
+
+def observe_http(observer: BodyObserver, http: Any, install: Callable[[Any, BodyObserver], None]) -> None:
+    """Read an HTTP response's body through ``observer``: now when it was read already
+    (``with_raw_response`` without streaming, an httpx ``send`` without ``stream=True``), else as
+    the caller consumes it."""
     if http.is_stream_consumed:  # with_raw_response without streaming: the body is already here
         observer.feed(http.content)
         observer.flush()
         observer.end()
-        return result
+        return
     install(http, observer)
-    return result
 
 
 # httpx errors raised before a request leaves: the connection was never made.
-_CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
+CONNECT_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
 
 
 __all__ = [
-    "Endpoint", "Prepared", "StainlessAdapter", "StainlessExchange", "StainlessFollowUp", "StainlessHook", "loads",
+    "Endpoint", "Prepared", "StainlessAdapter", "StainlessExchange", "StainlessFollowUp", "StainlessHook",
+    "body_changes", "describe", "loads", "observe_http", "route",
 ]

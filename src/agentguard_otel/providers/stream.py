@@ -25,6 +25,13 @@ from agentguard_otel.call import MalformedResponse, ResponseInfo
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 
+# Splits a binary event body read so far into its whole events (parsed) and the incomplete rest.
+Frames = Callable[[bytes], tuple[list[Any], bytes]]
+
+
+def _unread(buffer: bytes) -> tuple[list[Any], bytes]:
+    return [], b""
+
 
 class BodyReader(Protocol):
     """What an adapter knows about one endpoint's response body."""
@@ -62,9 +69,10 @@ class BodyObserver:
     """Parses a body incrementally and reports its end once."""
 
     def __init__(self, reader: BodyReader, *, sse: bool, on_progress: Callable[[], None],
-                 on_end: Callable[[ResponseInfo, bool], None]) -> None:
+                 on_end: Callable[[ResponseInfo, bool], None], frames: Frames | None = None) -> None:
         self.reader = reader
         self.sse = sse
+        self.frames = frames  # a binary event framing (Bedrock's event stream): events read as they pass
         self._on_progress = on_progress
         self._on_end = on_end
         self._buffer = b""
@@ -75,6 +83,10 @@ class BodyObserver:
     def feed(self, chunk: bytes) -> bytes:
         """Take bytes from the wire; return the bytes the caller may see."""
         self._buffer += chunk
+        if self.frames is not None:
+            self._split(self.frames)
+            self._on_progress()
+            return chunk
         if not self.sse:
             return chunk
         out = []
@@ -94,9 +106,23 @@ class BodyObserver:
         self._on_progress()
         return b"".join(out)
 
+    def _split(self, frames: Frames) -> None:
+        """Read the whole framed events buffered; a body that cannot be framed stops the reading."""
+        try:
+            events, self._buffer = frames(self._buffer)
+        except Exception as exc:
+            self.reader.info.problem = _problem(exc)
+            self.frames = _unread  # the rest passes to the caller unread
+            self._buffer = b""
+            return
+        for parsed in events:
+            self.event(parsed)
+
     def flush(self) -> bytes:
         """The body ended: digest what is left (a JSON body, or an unterminated last event)."""
         rest, self._buffer = self._buffer, b""
+        if self.frames is not None:
+            return b""  # an incomplete last message: nothing to read
         if not self.sse:
             if rest:
                 try:

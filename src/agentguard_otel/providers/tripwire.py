@@ -1,12 +1,21 @@
 """The transport tripwire: a request to a known LLM host that did not come through an SDK choke point.
 
 Frameworks that send their own HTTP (LiteLLM's raw Anthropic and Bedrock routes, a hand-written
-``httpx`` or ``requests`` call) never pass an adapter's hook. The HTTP clients of the process —
-``httpx`` and ``httpx2`` (``Client.send``), and ``http.client`` (which carries ``urllib``,
-``urllib3``, ``requests`` and ``botocore``) — see every request; one to a known LLM host (or a host
-of ``AGENTGUARD_GUARDED_HOSTS``) that the lifecycle is not sending right now is an unknown
-endpoint: refused in enforce mode, recorded as degraded otherwise. Such calls are not priced here:
-they are refused rather than let through unrecorded.
+``httpx`` or ``requests`` call) never pass an adapter's hook. The HTTP clients of the process see
+every request; one to a known LLM host (or a host of ``AGENTGUARD_GUARDED_HOSTS``) that the
+lifecycle is not sending right now is
+
+* on ``httpx`` / ``httpx2`` (``Client.send``, ``AsyncClient.send``, whatever transport carries
+  it, LiteLLM's aiohttp one included): guarded through the adapter of its wire format
+  (:mod:`~agentguard_otel.providers.raw`), like the SDK's own call; a request no adapter reads is
+  an unknown endpoint;
+* on ``http.client`` (which carries ``urllib``, ``urllib3``, ``requests`` and ``botocore``) and
+  ``aiohttp`` (``ClientSession._request``): only its method and path are seen there, before the
+  body is written, so anything but a free request is an unknown endpoint: refused in enforce mode,
+  recorded as degraded otherwise.
+
+A request the lifecycle sends (an SDK call, or an httpx request guarded here and carried on by an
+aiohttp transport) is not looked at again: one decision, one span.
 """
 
 from __future__ import annotations
@@ -15,14 +24,16 @@ import fnmatch
 import importlib
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
-from agentguard_otel.call import UnknownEndpoint
 from agentguard_otel.guard import Guard, Refusal
-from agentguard_otel.lifecycle import at_choke_point
+from agentguard_otel.lifecycle import Classified, at_choke_point, run, run_async
 from agentguard_otel.providers import GuardRef, Integration
+from agentguard_otel.providers.raw import classify, target, unknown
+from agentguard_otel.providers.stream import observe_async, observe_sync
 
 # Hosts of the providers and gateways LLM calls go to (shell patterns, lower case).
 KNOWN_LLM_HOSTS = (
@@ -41,7 +52,8 @@ def guarded_host(host: str, extra: tuple[str, ...]) -> bool:
 
 
 class TripwireHook:
-    """Wraps ``send`` of an ``httpx``/``httpx2`` package's clients, or ``http.client``'s ``putrequest``."""
+    """Wraps ``send`` of an ``httpx``/``httpx2`` package's clients, ``http.client``'s ``putrequest``,
+    or ``aiohttp``'s ``ClientSession._request``."""
 
     def __init__(self, guard: GuardRef, package: str) -> None:
         self._guard = guard
@@ -50,9 +62,13 @@ class TripwireHook:
 
     def instrument(self) -> None:
         module = importlib.import_module(self._package)
-        targets: list[tuple[Any, str, Callable[..., Any]]] = (
-            [(module.HTTPConnection, "putrequest", self._putrequest)] if self._package == "http.client"
-            else [(module.Client, "send", self._send), (module.AsyncClient, "send", self._asend)])
+        targets: list[tuple[Any, str, Callable[..., Any]]]
+        if self._package == "http.client":
+            targets = [(module.HTTPConnection, "putrequest", self._putrequest)]
+        elif self._package == "aiohttp":
+            targets = [(module.ClientSession, "_request", self._arequest)]
+        else:
+            targets = [(module.Client, "send", self._send), (module.AsyncClient, "send", self._asend)]
         for owner, name, wrapper in targets:
             wrapt.wrap_function_wrapper(owner, name, wrapper)
             self._wrapped.append((owner, name))
@@ -62,43 +78,62 @@ class TripwireHook:
             unwrap(owner, name)
         self._wrapped = []
 
-    def _check(self, method: str, host: str, path: str) -> None:
-        """Refuse (raise) or record a request to an LLM host that bypassed every choke point."""
+    def _watching(self, host: str) -> Guard | Refusal | None:
+        """The guard, for a request to an LLM host that bypassed every choke point; else None."""
         if at_choke_point():
-            return
+            return None
         guard = self._guard()
         if guard is None:
-            return
-        extra = guard.guarded_hosts if isinstance(guard, Guard) else ()
-        if not guarded_host(host, extra):
+            return None
+        return guard if guarded_host(host, guard.guarded_hosts if isinstance(guard, Guard) else ()) else None
+
+    def _check(self, method: str, host: str, path: str) -> None:
+        """Refuse (raise) or record a request this client cannot be guarded through; a free one passes."""
+        guard = self._watching(host)
+        if guard is None or target(method, path) is None:
             return
         if isinstance(guard, Refusal):
             guard.refuse()
-        guard.unguarded(UnknownEndpoint("http", f"{method.upper()} {host}{path.split('?', 1)[0]} sent "
-                                                "outside a guarded SDK", host))
+        guard.unguarded(unknown(method, host, path))
 
+    # httpx / httpx2: guarded through the adapter of the request's wire format
     def _send(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self._check_request(args[0] if args else kwargs.get("request"))
-        return wrapped(*args, **kwargs)
+        request = args[0] if args else kwargs.get("request")
+        guard = self._watching(str(getattr(getattr(request, "url", None), "host", "")))
+        if guard is None:
+            return wrapped(*args, **kwargs)
+        return run(guard, lambda: classify(request, args, kwargs, observe_sync), wrapped, args, kwargs)
 
     async def _asend(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        self._check_request(args[0] if args else kwargs.get("request"))
-        return await wrapped(*args, **kwargs)
+        request = args[0] if args else kwargs.get("request")
+        guard = self._watching(str(getattr(getattr(request, "url", None), "host", "")))
+        if guard is None:
+            return await wrapped(*args, **kwargs)
 
-    def _check_request(self, request: Any) -> None:
-        url = getattr(request, "url", None)
-        self._check(str(getattr(request, "method", "")), str(getattr(url, "host", "")), str(getattr(url, "path", "")))
+        async def classified() -> Classified:
+            return classify(request, args, kwargs, observe_async)
 
+        return await run_async(guard, classified, wrapped, args, kwargs)
+
+    # http.client and aiohttp: only method and path are seen, so an LLM call is an unknown endpoint
     def _putrequest(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
         method = args[0] if args else kwargs.get("method", "")
         url = args[1] if len(args) > 1 else kwargs.get("url", "")
         host = str(getattr(instance, "host", ""))
         if "://" in str(url):  # a proxy request carries the absolute URL
-            host = str(url).split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+            parts = urlsplit(str(url))
+            host, url = parts.hostname or "", parts.path
         self._check(str(method), host, str(url))
         return wrapped(*args, **kwargs)
+
+    async def _arequest(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
+        method = args[0] if args else kwargs.get("method", "")
+        url = urlsplit(str(args[1] if len(args) > 1 else kwargs.get("str_or_url", "")))
+        self._check(str(method), url.hostname or "", url.path)
+        return await wrapped(*args, **kwargs)
 
 
 # One integration per HTTP client package, patched when that package is imported.
@@ -106,4 +141,4 @@ def _integration(package: str) -> Integration:
     return Integration(None, lambda guard: TripwireHook(guard, package))
 
 
-INTEGRATIONS = {package: _integration(package) for package in ("http.client", "httpx", "httpx2")}
+INTEGRATIONS = {package: _integration(package) for package in ("http.client", "httpx", "httpx2", "aiohttp")}
