@@ -105,9 +105,20 @@ def _run_in_scope(values: Mapping[str, str], fn: Callable[..., Any], *args: Any,
         _explicit.reset(token)
 
 
+def _carried() -> Mapping[str, str]:
+    """What a worker thread needs to resolve the submitter's scope: the explicit values, over the
+    fields trusted baggage gave and a claim baggage carries (baggage stays behind in the thread;
+    the defaults are the process's)."""
+    values = dict(_explicit.get())
+    for name in (*_trusted_baggage, CLAIM_FIELD):
+        if name not in values and (value := _from_baggage(name)) is not None:
+            values[name] = value
+    return values
+
+
 def _submit_in_scope(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-    values = _explicit.get()
+    values = _carried()
     if not values or not args:
         return wrapped(*args, **kwargs)
     return wrapped(_run_in_scope, values, *args, **kwargs)
@@ -116,7 +127,8 @@ def _submit_in_scope(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
 def carry_into_threads() -> None:
     """Let work handed to a ``ThreadPoolExecutor`` (and so ``litellm.batch_completion`` and the
     like) run in the scope of the code that submitted it, as OTel's threading instrumentation
-    carries the OTel context. Only the scope is carried, no other context variable."""
+    carries the OTel context: explicit and trusted-baggage fields alike. Only the scope is carried,
+    no other context variable."""
     if not isinstance(vars(ThreadPoolExecutor)["submit"], wrapt.FunctionWrapper):
         wrapt.wrap_function_wrapper(ThreadPoolExecutor, "submit", _submit_in_scope)
 
@@ -155,10 +167,13 @@ def current_claim() -> str | None:
     """The capability claim presented with the call: given to ``scope(capability_claim=...)`` or
     carried in baggage (``agentguard.capability_claim``; being signed, it needs no trust in baggage)."""
     explicit = _explicit.get().get(CLAIM_FIELD)
-    if explicit is not None:
-        return explicit
-    carried = baggage.get_baggage(BAGGAGE_PREFIX + CLAIM_FIELD)
-    return carried if isinstance(carried, str) and carried else None
+    return explicit if explicit is not None else _from_baggage(CLAIM_FIELD)
+
+
+def _from_baggage(name: str) -> str | None:
+    """The non-empty string baggage carries for scope field ``name`` (trusted or not)."""
+    value = baggage.get_baggage(BAGGAGE_PREFIX + name)
+    return value if isinstance(value, str) and value else None
 
 
 # -- signed capability claims -----------------------------------------------------------------
@@ -251,13 +266,11 @@ def current_scope() -> Scope:
     from upstream requests (any HTTP client can send it), so only the fields the policy trusts are
     read from it."""
     explicit = _explicit.get()
-    carried = baggage.get_all() if _trusted_baggage else {}
     resolved: dict[str, str | None] = {}
     for name in SCOPE_FIELDS:
         value = explicit.get(name)
         if value is None and name in _trusted_baggage:
-            from_baggage = carried.get(BAGGAGE_PREFIX + name)
-            value = from_baggage if isinstance(from_baggage, str) and from_baggage else None
+            value = _from_baggage(name)
         if value is None:
             value = _defaults.get(name)
         resolved[name] = value

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from opentelemetry import baggage, context
 
-from agentguard_otel.scope import Scope, current_scope, env_defaults, scope, set_defaults
+from agentguard_otel.scope import Scope, current_claim, current_scope, env_defaults, scope, set_defaults
 
 
 @pytest.fixture(autouse=True)
@@ -168,4 +169,68 @@ def test_an_inbound_capability_does_not_pass_a_rule_that_requires_it(server: Any
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "pay invoice 4711"}])
     finally:
         context.detach(token)
+    assert server.requests == []
+
+
+def test_asyncio_to_thread_carries_the_scope() -> None:
+    """``asyncio.to_thread`` runs the function in a copy of the caller's context, instrumented or not."""
+    async def main() -> Scope:
+        with scope(team="eng", user="alice"):
+            return await asyncio.to_thread(current_scope)
+
+    assert asyncio.run(main()) == Scope(team="eng", user="alice")
+
+
+ENGINEERING_CAPPED = {"version": 1, "mode": "enforce", "trust_baggage": ["team"], "rules": [
+    {"id": "eng", "match": {"team": "engineering"},
+     "caps": [{"limit_usd": "0.000000001", "window": "call", "action": "block", "reason": "engineering is capped"}]}]}
+
+
+def _outcome(client: Any) -> str:
+    """What a call from a worker thread came to: sent, or the reason it was blocked."""
+    from agentguard_otel import AgentGuardBlocked
+
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    except AgentGuardBlocked as exc:
+        return exc.reason
+    return "sent"
+
+
+def test_loop_run_in_executor_carries_the_scope(server: Any, guarded: Any) -> None:
+    """``loop.run_in_executor`` hands work to a ThreadPoolExecutor (the loop's default one, or the
+    caller's): the work runs in the submitter's scope, so the team's cap applies there."""
+    import openai
+
+    guarded(ENGINEERING_CAPPED, ledger="memory://")
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0)
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        with scope(team="engineering"), ThreadPoolExecutor(1) as own:
+            return [await loop.run_in_executor(executor, work, *args)
+                    for work, args in ((current_scope, ()), (_outcome, (client,))) for executor in (None, own)]
+
+    assert asyncio.run(main()) == [Scope(team="engineering")] * 2 + ["engineering is capped"] * 2
+    assert server.requests == []
+
+
+def test_a_scope_from_trusted_baggage_follows_work_into_thread_pools(server: Any, guarded: Any) -> None:
+    """A team that arrived in trusted baggage (an upstream service's scope) is the worker's team
+    too, and a claim baggage carries is the worker's claim, as they would be with OTel's
+    threading instrumentation carrying the context."""
+    import openai
+
+    guarded(ENGINEERING_CAPPED, ledger="memory://")
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0)
+    token = context.attach(_inbound("agentguard.team=engineering,agentguard.capability_claim=agc1.signed"))  # type: ignore[arg-type]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            seen = pool.submit(current_scope).result()
+            claim = pool.submit(current_claim).result()
+            outcomes = list(pool.map(lambda _: _outcome(client), range(2)))
+    finally:
+        context.detach(token)
+    assert (seen, claim) == (Scope(team="engineering"), "agc1.signed")
+    assert outcomes == ["engineering is capped"] * 2
     assert server.requests == []
