@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from agentguard_otel import AgentGuardBlocked
+from agentguard_otel.providers.bedrock import NOVA_VIDEO_TOKENS
 from tests.conftest import Guarded, GuardFactory
 from tests.servers.anthropic_server import LocalAnthropicServer
 from tests.servers.bedrock_server import LocalBedrockServer
@@ -76,23 +77,36 @@ def test_anthropic_documents_and_the_tool_use_prompt_are_in_the_bound(guarded: G
     assert document["estimated_nano"] >= _window_cost(g, "anthropic", "claude-haiku-4-5")
 
 
-def test_bedrock_video_by_s3_reference_is_bounded_or_refused(guarded: GuardFactory) -> None:
+@pytest.mark.parametrize("source", [{"s3Location": {"uri": "s3://bucket/clip.mp4"}}, {"bytes": b"\x00" * 4096}])
+def test_a_nova_video_is_bounded_by_its_documented_frames_whatever_its_source(source: dict[str, Any],
+                                                                              guarded: GuardFactory) -> None:
     g = guarded(STRICT, ledger="memory://")
     with LocalBedrockServer() as srv:
         client = boto3.client("bedrock-runtime", endpoint_url=srv.url, region_name="us-east-1",
                               aws_access_key_id="test", aws_secret_access_key="test")
-        content = [{"text": "describe"}, {"video": {"format": "mp4", "source": {
-            "s3Location": {"uri": "s3://bucket/clip.mp4"}}}}]
-        try:
-            client.converse(modelId="amazon.nova-lite-v1:0", messages=[{"role": "user", "content": content}],
-                            inferenceConfig={"maxTokens": 16})
-        except AgentGuardBlocked as blocked:
-            assert "cannot be bounded" in blocked.reason
-            assert srv.requests == []
-            return
-    price = g.guard.prices.lookup("aws", "amazon.nova-lite-v1:0")
+        content = [{"text": "describe"}, {"video": {"format": "mp4", "source": source}}]
+        client.converse(modelId="us.amazon.nova-lite-v1:0", messages=[{"role": "user", "content": content}],
+                        inferenceConfig={"maxTokens": 16})
+        assert len(srv.requests) == 1
+    price = g.guard.prices.lookup("aws", "us.amazon.nova-lite-v1:0")
     assert price is not None and price.context_window is not None
-    assert _decision(g)["estimated_nano"] >= g.guard.prices.bound_cost_nano(price, price.context_window, 0)
+    estimated = _decision(g)["estimated_nano"]
+    # 960 frames x 288 tokens, plus the text: below the whole context window, however long the video
+    assert g.guard.prices.bound_cost_nano(price, NOVA_VIDEO_TOKENS, 16) < estimated
+    assert estimated < g.guard.prices.bound_cost_nano(price, price.context_window, 16)
+
+
+def test_a_video_for_a_model_without_a_documented_video_bound_is_bounded_by_its_window(
+        guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    model = "anthropic.claude-3-5-sonnet-20241022-v2:0"
+    with LocalBedrockServer() as srv:
+        client = boto3.client("bedrock-runtime", endpoint_url=srv.url, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        content = [{"text": "describe"}, {"video": {"format": "mp4", "source": {"bytes": b"\x00" * 64}}}]
+        client.converse(modelId=model, messages=[{"role": "user", "content": content}],
+                        inferenceConfig={"maxTokens": 16})
+    assert _decision(g)["estimated_nano"] >= _window_cost(g, "aws", model)
 
 
 def test_a_service_tier_is_priced_as_that_tier_and_an_unknown_one_as_the_dearest(server: Any,

@@ -28,7 +28,8 @@ Deterministic token accounting, so tests can assert exact usage and cost:
 
 ``usage_next`` replaces the Message's ``usage``; in a stream both ``message_start.message.usage``
 and ``message_delta.usage`` (with :data:`OMIT_USAGE` neither event has a ``usage``).
-``count_tokens`` answers carry no usage and leave ``usage_next`` pending.
+``count_tokens`` answers carry no usage and leave ``usage_next`` pending. ``bill_with`` replaces the
+prompt and output counts and the cache writes (then no cache reads are reported).
 """
 
 from __future__ import annotations
@@ -93,12 +94,15 @@ class LocalAnthropicServer(LocalServer):
 
     def usage(self, prompt_tokens: int, output_tokens: int) -> JSONObject:
         """The usage object of a reply to a prompt of ``prompt_tokens`` tokens (all input, cache included)."""
+        bill = self.current_bill()
+        cache = self.cache if bill is None else Cache(write_5m=bill.cache_write_tokens,
+                                                      write_1h=bill.cache_write_1h_tokens)
         left = prompt_tokens
-        read = min(self.cache.read, left)
+        read = min(cache.read, left)
         left -= read
-        write_5m = min(self.cache.write_5m, left)
+        write_5m = min(cache.write_5m, left)
         left -= write_5m
-        write_1h = min(self.cache.write_1h, left)
+        write_1h = min(cache.write_1h, left)
         left -= write_1h
         usage: JSONObject = {
             "input_tokens": left,
@@ -107,7 +111,7 @@ class LocalAnthropicServer(LocalServer):
             "cache_read_input_tokens": read,
             "service_tier": "standard",
         }
-        if self.cache.breakdown:
+        if cache.breakdown:
             usage["cache_creation"] = {"ephemeral_5m_input_tokens": write_5m, "ephemeral_1h_input_tokens": write_1h}
         return usage
 
@@ -141,8 +145,11 @@ class LocalAnthropicServer(LocalServer):
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ApiError(400, "max_tokens: Field required (an integer of at least 1)")
         count = min(self.reply_words, limit)
+        bill = self.current_bill()
+        if bill is not None:
+            prompt_tokens, count = bill.input_tokens, bill.output_tokens
         pieces = reply_pieces(count)
-        stop = "max_tokens" if count < self.reply_words else "end_turn"
+        stop = "max_tokens" if count < self.reply_words or bill is not None else "end_turn"
         report = self.take_usage()
         message: JSONObject = {
             "id": self.next_id("msg_"),

@@ -23,6 +23,9 @@ a request to an endpoint (:meth:`LocalServer.route`) and writes that provider's 
     connection is closed.
   - :meth:`LocalServer.cut_stream_after`: the next stream sends that many whole frames, then the
     connection is closed (JSON replies are not cut).
+  - :meth:`LocalServer.bill_with`: every reply from now on bills what a function of the request
+    says (a :class:`Bill`: e.g. :mod:`tests.servers.worst_bill`'s worst bill a provider could send),
+    instead of the token accounting below; the reply generates as many output tokens as it bills.
 
 Token accounting is the demo endpoint's (:mod:`agentguard_otel.demo.server`): prompt tokens are
 ``ceil(utf8_bytes / 4)`` per text + 3 per message + 3, the reply is ``reply_words`` words of its
@@ -148,6 +151,20 @@ class UsageReport:
 Endpoint = Callable[[JSONObject], Reply]
 
 
+@dataclass(frozen=True)
+class Bill:
+    """The tokens one reply bills (see :meth:`LocalServer.bill_with`); cache writes are part of
+    ``input_tokens``."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_write_tokens: int = 0  # 5-minute cache writes
+    cache_write_1h_tokens: int = 0
+
+
+Biller = Callable[[str, JSONObject], Bill]  # (request path, JSON body) -> what the reply bills
+
+
 @dataclass
 class _Controls:
     failures: deque[ApiError] = field(default_factory=deque)
@@ -269,6 +286,8 @@ class LocalServer(ABC):
         self._ids = itertools.count(1)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._biller: Biller | None = None
+        self._handling = threading.local()  # the bill of the request this handler thread answers
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -378,7 +397,16 @@ class LocalServer(ABC):
         with self._lock:
             self._controls.cut_after = frames
 
+    def bill_with(self, biller: Biller | None) -> None:
+        """Bill every API reply from now on as ``biller(path, body)`` says (None: the server's own
+        token accounting again). Survives :meth:`reset`."""
+        self._biller = biller
+
     # for subclasses -----------------------------------------------------------------------------
+
+    def current_bill(self) -> Bill | None:
+        """What the reply being built bills under :meth:`bill_with`; None: the server's own accounting."""
+        return getattr(self._handling, "bill", None)
 
     @abstractmethod
     def route(self, method: str, path: str) -> Endpoint | None:
@@ -435,6 +463,8 @@ class LocalServer(ABC):
             truncate = controls.truncations > 0
             if truncate:
                 controls.truncations -= 1
+        biller = self._biller
+        self._handling.bill = biller(path, body) if biller is not None and body is not None else None
         reply = self.error_reply(failure) if failure is not None else self._call(endpoint, body)
         cut = None
         if reply.frames is not None:

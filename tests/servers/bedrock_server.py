@@ -21,7 +21,9 @@ Operations (``POST``):
 Deterministic token accounting (the demo endpoint's rules): prompt tokens = ceil(utf8 bytes / 4) of
 every message and system text + 3 per message + 3; the reply is ``reply_words`` words, one token
 each, cut at the request's max output tokens. With ``cache_read_tokens`` that many prompt tokens
-are reported as cache reads and, as Bedrock does, left out of the input count.
+are reported as cache reads and, as Bedrock does, left out of the input count. ``bill_with``
+replaces the prompt and reply counts and the cache writes (no cache reads then; the reply is cut at
+its billed length).
 
 Errors are AWS JSON errors: ``{"message": ...}`` with the code in ``x-amzn-ErrorType``
 (``fail_next``'s ``code``; by default the usual one for the status, e.g. 429 ThrottlingException).
@@ -111,11 +113,12 @@ class _Turn:
     words: tuple[str, ...]  # reply pieces as streamed: the first word bare, then " word"
     truncated: bool
     report: UsageReport
+    cache_written: int = 0
 
     @property
     def input_tokens(self) -> int:
-        """Input tokens as Bedrock reports them: without the cache reads."""
-        return self.prompt_tokens - self.cached
+        """Input tokens as Bedrock reports them: without the cache reads and writes."""
+        return self.prompt_tokens - self.cached - self.cache_written
 
     @property
     def output_tokens(self) -> int:
@@ -127,7 +130,8 @@ class _Turn:
 
     def metrics(self) -> Any:
         return self.report({"inputTokenCount": self.input_tokens, "outputTokenCount": self.output_tokens,
-                            "invocationLatency": 1, "firstByteLatency": 1, "cacheReadInputTokenCount": self.cached})
+                            "invocationLatency": 1, "firstByteLatency": 1, "cacheReadInputTokenCount": self.cached,
+                            "cacheWriteInputTokenCount": self.cache_written})
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         if self.report.omitted:
@@ -173,7 +177,8 @@ def _anthropic_reply(turn: _Turn) -> JSONObject:
             "content": [{"type": "text", "text": turn.text}], "stop_reason": _stop(turn, ANTHROPIC),
             "stop_sequence": None,
             "usage": turn.report({"input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens,
-                                  "cache_read_input_tokens": turn.cached, "cache_creation_input_tokens": 0})}
+                                  "cache_read_input_tokens": turn.cached,
+                                  "cache_creation_input_tokens": turn.cache_written})}
 
 
 def _anthropic_chunks(turn: _Turn) -> list[JSONObject]:
@@ -192,7 +197,7 @@ def _anthropic_chunks(turn: _Turn) -> list[JSONObject]:
 def _nova_usage(turn: _Turn) -> Any:
     return turn.report({"inputTokens": turn.input_tokens, "outputTokens": turn.output_tokens,
                         "totalTokens": turn.prompt_tokens + turn.output_tokens,
-                        "cacheReadInputTokenCount": turn.cached, "cacheWriteInputTokenCount": 0})
+                        "cacheReadInputTokenCount": turn.cached, "cacheWriteInputTokenCount": turn.cache_written})
 
 
 def _nova_reply(turn: _Turn) -> JSONObject:
@@ -306,6 +311,10 @@ class LocalBedrockServer(LocalServer):
         return Reply(error.status, {"message": error.message}, headers=(("x-amzn-ErrorType", code),))
 
     def _turn(self, texts: list[str], messages: int, limit: int | None) -> _Turn:
+        bill = self.current_bill()
+        if bill is not None:
+            return _Turn(bill.input_tokens, 0, tuple(reply_pieces(bill.output_tokens)), True, self.take_usage(),
+                         bill.cache_write_tokens)
         prompt = count_prompt_tokens(texts, messages)
         count = self.reply_words if limit is None else min(self.reply_words, limit)
         return _Turn(prompt, min(self.cache_read_tokens, prompt), tuple(reply_pieces(count)),
@@ -319,7 +328,7 @@ class LocalBedrockServer(LocalServer):
     def _converse_usage(turn: _Turn) -> Any:
         return turn.report({"inputTokens": turn.input_tokens, "outputTokens": turn.output_tokens,
                             "totalTokens": turn.prompt_tokens + turn.output_tokens,
-                            "cacheReadInputTokens": turn.cached, "cacheWriteInputTokens": 0})
+                            "cacheReadInputTokens": turn.cached, "cacheWriteInputTokens": turn.cache_written})
 
     def _converse(self, body: JSONObject) -> Reply:
         turn, stop = self._converse_turn(body)

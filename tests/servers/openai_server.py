@@ -40,11 +40,14 @@ even when ``stream_options.include_usage`` asked for it), and of a Response (bod
 the other stream events stay. ``call_tool_next(name, arguments)`` makes the next Response a call
 of that function tool instead of a message (its ``response.function_call_arguments`` events when
 streamed), billed as the message would have been: an agent's tool turn, then its answer.
+``bill_with`` replaces the prompt and completion token counts (no reasoning or cached tokens; the
+reply has one word per billed output token).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 import zlib
@@ -303,6 +306,9 @@ class LocalOpenAIServer(LocalServer):
         raise ApiError(404, f"No endpoints found for {model}.", param="model", code="model_not_found")
 
     def _complete(self, model: str, prompt_tokens: int, limit: int | None, json_reply: bool) -> _Completion:
+        bill = self.current_bill()
+        if bill is not None:  # bill_with: the whole output is visible words, nothing cached
+            return _Completion(model, bill.input_tokens, 0, 0, bill.output_tokens, False, json_reply)
         reasoning_budget = REASONING_TOKENS if is_reasoning_model(model) else 0
         wanted = reasoning_budget + self.reply_words
         total = wanted if limit is None else min(wanted, limit)

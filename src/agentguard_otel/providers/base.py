@@ -132,13 +132,17 @@ class InputMeasure:
     images: int = 0
 
 
-def find_unseen(value: Any, unseen: Callable[[Mapping[str, Any]], str | None]) -> str | None:
+def find_unseen(value: Any, unseen: Callable[[Mapping[str, Any]], str | None],
+                bounded: Callable[[Mapping[str, Any]], bool] = lambda part: False) -> str | None:
     """The first part of a request body that stands for input the body does not carry (as the
-    adapter's ``unseen`` says: a file by id, a document, a video by URI), or None."""
+    adapter's ``unseen`` says: a file by id, a document, a video by URI), or None. Parts the
+    adapter bounds by what they are (``bounded``: an image, whatever its source) are not searched."""
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, Mapping):
+            if bounded(item):
+                continue
             found = unseen(item)
             if found is not None:
                 return found

@@ -32,6 +32,7 @@ from agentguard_otel.call import LLMRequest, MalformedResponse, RequestChanges, 
 from agentguard_otel.lifecycle import Settler, run
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Integration
+from agentguard_otel.providers.anthropic import TOOL_USE_SYSTEM_PROMPT_TOKENS
 from agentguard_otel.providers.base import (
     InputMeasure,
     Path,
@@ -169,6 +170,26 @@ def _parts(body: Any, path: Path) -> list[Any]:
 def _is_image(part: Mapping[str, Any]) -> bool:
     """Anthropic ``{"type": "image"}`` parts and Converse / Nova ``{"image": {...}}`` blocks."""
     return part.get("type") == "image" or isinstance(part.get("image"), Mapping)
+
+
+def _is_video(part: Mapping[str, Any]) -> bool:
+    return isinstance(part.get("video"), Mapping)
+
+
+NOVA_VIDEO_TOKENS = 960 * 288
+"""The most input tokens one video costs Amazon Nova Lite, Pro or Premier, whatever its length and
+source (bytes or S3): Nova samples at most 960 frames (1 per second up to 16 minutes, then 960
+spread over the video), each resized to 672 x 672 and billed 288 tokens."""
+_NOVA_VIDEO_MODELS = ("amazon.nova-lite", "amazon.nova-pro", "amazon.nova-premier")
+
+
+def _bounded_media(model_id: str) -> Callable[[Mapping[str, Any]], bool]:
+    """Content blocks bounded by what they are, not by their bytes or their source: images (a
+    per-image bound), and a video for the Nova models whose video billing is documented."""
+    name = model_name(model_id)
+    if any(candidate.startswith(_NOVA_VIDEO_MODELS) for candidate in (name, name.split(".", 1)[-1])):
+        return lambda part: _is_image(part) or _is_video(part)
+    return _is_image
 
 
 def _with_path(obj: Mapping[str, Any], path: Path, value: Any) -> dict[str, Any]:
@@ -380,6 +401,8 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
             raw = copy["body"] = raw.read()
         body = _json_object(raw)
         family = family_of(model_id) if body is not None else OTHER
+    media = _bounded_media(model_id)
+    videos = 0
     if body is None or family is OTHER:  # a format we do not know: every byte of the body counts as input
         measure, items = measure_input(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw),
                                        _is_image), 1
@@ -387,12 +410,17 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
         measure = InputMeasure()
         for name in family.input_fields:
             if name in body:
-                part = measure_input(body[name], _is_image)
+                part = measure_input(body[name], media)
                 measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
+                videos += measure_input(body[name], _is_video).images if media is not _is_image else 0
         listed = body.get(family.item_field) if family.item_field else None
         items = len(listed) if isinstance(listed, list) else 1
     asked = get_path(body, family.max_output) if family.max_output and body is not None else None
-    unseen = find_unseen([body.get(name) for name in family.input_fields], _unseen) if body is not None else None
+    fields = [body.get(name) for name in family.input_fields] if body is not None else None
+    unseen = find_unseen(fields, _unseen, media) if body is not None else None
+    # Tools come with a tool-use system prompt the provider adds (documented for Claude; bounded the
+    # same way for every model, as Converse renders tools into any model's prompt).
+    tools = (get_path(body, ("toolConfig", "tools")) or get_path(body, ("tools",))) if body is not None else None
     host, port = server
     request = LLMRequest(
         provider=PROVIDER,
@@ -402,7 +430,8 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
         stream=operation.stream,
         input_bytes=measure.bytes,
         input_items=items,
-        input_images=measure.images,
+        input_images=measure.images - videos,
+        input_overhead_tokens=NOVA_VIDEO_TOKENS * videos + (TOOL_USE_SYSTEM_PROMPT_TOKENS if tools else 0),
         max_output_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool)
         else family.default_max_output,
         server_address=host,
@@ -416,7 +445,8 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
 
 
 def _unseen(part: Mapping[str, Any]) -> str | None:
-    """Converse/Nova document and video blocks, content by S3 reference, Anthropic document blocks."""
+    """Converse/Nova document blocks, video blocks of models without a documented video bound,
+    content by S3 reference (other than bounded media), Anthropic document blocks."""
     if "s3Location" in part:
         return "content by S3 reference"
     for kind in ("document", "video"):
