@@ -58,6 +58,16 @@ def assert_settled(handle: Guarded, server: Any, usages: Iterable[tuple[int, int
     return settled
 
 
+def assert_abandoned(handle: Guarded, calls: int) -> None:
+    """``calls`` streams left early each settled ``abandoned`` at no more than its reservation
+    (what was delivered, bounded), and the ledger holds nothing."""
+    settled = receipts(handle, "settlement")
+    assert [s["outcome"] for s in settled] == ["abandoned"] * calls
+    assert all(0 < s["actual_nano"] <= s["estimated_nano"] for s in settled)
+    daily = daily_counter(handle)
+    assert (daily.spent_nano, daily.held_nano) == (sum(s["actual_nano"] for s in settled), 0)
+
+
 def assert_one_span_per_call(otel: Telemetry, handle: Guarded) -> None:
     """One guard span per decision (an LLM call), each ended, none left over."""
     spans = otel.finished()

@@ -23,6 +23,7 @@ from tests.frameworks.conftest import Run
 from tests.frameworks.support import (
     CAPPED_TEAM,
     TEAM_REASON,
+    assert_abandoned,
     assert_blocked,
     assert_one_span_per_call,
     assert_settled,
@@ -85,6 +86,31 @@ def test_stream_and_astream_settle_exactly(backend: Backend, run: Run[Any], guar
     assert all(s.content for s in streamed)
     assert [r["stream"] for r in receipts(handle, "decision")] == [True, True]
     assert_settled(handle, backend.server, [usage(s) for s in streamed])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_stream_left_early_settles(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                     otel: Telemetry) -> None:
+    """A consumer that stops reading after a few chunks (and closes the generator) leaves no hold."""
+    handle = guarded(policy(backend.limit_usd))
+    stream = backend.llm.stream(PROMPT)
+    first = [next(stream) for _ in range(3)]
+    stream.close()
+
+    async def astream_briefly() -> None:
+        chunks = backend.llm.astream(PROMPT)
+        _ = [await anext(chunks) for _ in range(3)]
+        await chunks.aclose()
+
+    run(astream_briefly())
+    # LangChain leaves its inner async generator, and so the SDK's stream, to the loop's
+    # async-generator finalizer: the stream is closed once the loop runs again, as an app's does.
+    for _ in range(100):
+        if len(receipts(handle, "settlement")) == 2:
+            break
+        run(asyncio.sleep(0))
+    assert len(first) == 3 and len(backend.server.requests) == 2
+    assert_abandoned(handle, 2)
     assert_one_span_per_call(otel, handle)
 
 
