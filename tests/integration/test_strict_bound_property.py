@@ -11,7 +11,7 @@ import functools
 import json
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +98,18 @@ def _check(g: Guarded, billing: Billing, provider: str, model: str, before: int)
     assert (settlement["actual_nano"], settlement["cost_source"], settlement["overshoot_nano"]) == (billed, "local", 0)
 
 
+@pytest.fixture(scope="module")
+def billing() -> Iterator[dict[str, Billing]]:
+    """The three local servers of the module, each billing the worst case."""
+    with LocalOpenAIServer() as o, LocalAnthropicServer() as a, LocalBedrockServer() as b:
+        yield {"openai": Billing(o), "anthropic": Billing(a), "bedrock": Billing(b)}
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
+
+
 def _spent_is_the_sum(g: Guarded, billing: Billing) -> None:
     (state,) = g.guard.ledger.states()
     settled = [r["actual_nano"] for r in g.receipts() if r["kind"] == "settlement"]
@@ -180,36 +192,25 @@ def responses_requests(draw: st.DrawFn) -> JSONObject:
     return body
 
 
-@pytest.fixture(scope="module")
-def openai_billing() -> Iterator[Billing]:
-    with LocalOpenAIServer() as srv:
-        yield Billing(srv)
-
-
-def _consume(result: Any) -> None:
-    for _ in result:
-        pass
-
-
 @pytest.mark.parametrize("api", ["chat", "responses"])
-def test_openai_reservation_bounds_the_worst_bill(api: str, openai_billing: Billing, guarded: GuardFactory) -> None:
+def test_openai_reservation_bounds_the_worst_bill(api: str, billing: dict[str, Billing], guarded: GuardFactory) -> None:
     g = guarded(STRICT, ledger="memory://")
-    client = openai.OpenAI(base_url=openai_billing.server.base_url, api_key="sk", max_retries=0)
-    openai_billing.bills.clear()
+    client = openai.OpenAI(base_url=billing["openai"].server.base_url, api_key="sk", max_retries=0)
+    billing["openai"].bills.clear()
     create: Callable[..., Any] = client.chat.completions.create if api == "chat" else client.responses.create
     strategy = chat_requests() if api == "chat" else responses_requests()
 
     @PROPERTY
     @given(body=strategy, stream=st.booleans())
     def call(body: JSONObject, stream: bool) -> None:
-        before = len(openai_billing.bills)
+        before = len(billing["openai"].bills)
         result = create(**body, stream=stream)
         if stream:
-            _consume(result)
-        _check(g, openai_billing, "openai", body["model"], before)
+            _drain(result)
+        _check(g, billing["openai"], "openai", body["model"], before)
 
     call()
-    _spent_is_the_sum(g, openai_billing)
+    _spent_is_the_sum(g, billing["openai"])
 
 
 # -- Anthropic -----------------------------------------------------------------------------------
@@ -258,29 +259,23 @@ def anthropic_bodies(draw: st.DrawFn, *, converse_tools: bool = False) -> JSONOb
     return body
 
 
-@pytest.fixture(scope="module")
-def anthropic_billing() -> Iterator[Billing]:
-    with LocalAnthropicServer() as srv:
-        yield Billing(srv)
-
-
-def test_anthropic_reservation_bounds_the_worst_bill(anthropic_billing: Billing, guarded: GuardFactory) -> None:
+def test_anthropic_reservation_bounds_the_worst_bill(billing: dict[str, Billing], guarded: GuardFactory) -> None:
     g = guarded(STRICT, ledger="memory://")
-    client = anthropic.Anthropic(base_url=anthropic_billing.server.base_url, api_key="sk", max_retries=0)
-    anthropic_billing.bills.clear()
+    client = anthropic.Anthropic(base_url=billing["anthropic"].server.base_url, api_key="sk", max_retries=0)
+    billing["anthropic"].bills.clear()
 
     @PROPERTY
     @given(body=anthropic_bodies(), model=st.sampled_from(["claude-sonnet-4-5", "claude-3-5-haiku-latest"]),
            stream=st.booleans())
     def call(body: JSONObject, model: str, stream: bool) -> None:
-        before = len(anthropic_billing.bills)
+        before = len(billing["anthropic"].bills)
         result = client.messages.create(**body, model=model, stream=stream)
         if stream:
-            _consume(result)
-        _check(g, anthropic_billing, "anthropic", model, before)
+            _drain(result)
+        _check(g, billing["anthropic"], "anthropic", model, before)
 
     call()
-    _spent_is_the_sum(g, anthropic_billing)
+    _spent_is_the_sum(g, billing["anthropic"])
 
 
 # -- Bedrock -------------------------------------------------------------------------------------
@@ -322,41 +317,30 @@ def converse_params(draw: st.DrawFn, *, nova_invoke: bool = False) -> JSONObject
     return params
 
 
-@pytest.fixture(scope="module")
-def bedrock_billing() -> Iterator[Billing]:
-    with LocalBedrockServer() as srv:
-        yield Billing(srv)
-
-
 def _bedrock_client(billing: Billing) -> Any:
     return boto3.client("bedrock-runtime", endpoint_url=billing.server.url, region_name="us-east-1",
                         aws_access_key_id="AKID", aws_secret_access_key="secret",
                         config=Config(retries={"total_max_attempts": 1}))
 
 
-def _drain_events(response: Mapping[str, Any], field_name: str) -> None:
-    for _ in response[field_name]:
-        pass
-
-
-def test_bedrock_converse_reservation_bounds_the_worst_bill(bedrock_billing: Billing,
+def test_bedrock_converse_reservation_bounds_the_worst_bill(billing: dict[str, Billing],
                                                             guarded: GuardFactory) -> None:
     g = guarded(STRICT, ledger="memory://")
-    client = _bedrock_client(bedrock_billing)
-    bedrock_billing.bills.clear()
+    client = _bedrock_client(billing["bedrock"])
+    billing["bedrock"].bills.clear()
 
     @PROPERTY
     @given(params=converse_params(), model=st.sampled_from(BEDROCK_MODELS), stream=st.booleans())
     def call(params: JSONObject, model: str, stream: bool) -> None:
-        before = len(bedrock_billing.bills)
+        before = len(billing["bedrock"].bills)
         if stream:
-            _drain_events(client.converse_stream(modelId=model, **params), "stream")
+            _drain(client.converse_stream(modelId=model, **params)["stream"])
         else:
             client.converse(modelId=model, **params)
-        _check(g, bedrock_billing, "aws", model, before)
+        _check(g, billing["bedrock"], "aws", model, before)
 
     call()
-    _spent_is_the_sum(g, bedrock_billing)
+    _spent_is_the_sum(g, billing["bedrock"])
 
 
 @st.composite
@@ -368,38 +352,38 @@ def invoke_bodies(draw: st.DrawFn) -> tuple[str, JSONObject]:
     return model, {"schemaVersion": "messages-v1", **draw(converse_params(nova_invoke=True))}
 
 
-def test_bedrock_invoke_model_reservation_bounds_the_worst_bill(bedrock_billing: Billing,
+def test_bedrock_invoke_model_reservation_bounds_the_worst_bill(billing: dict[str, Billing],
                                                                 guarded: GuardFactory) -> None:
     g = guarded(STRICT, ledger="memory://")
-    client = _bedrock_client(bedrock_billing)
-    bedrock_billing.bills.clear()
+    client = _bedrock_client(billing["bedrock"])
+    billing["bedrock"].bills.clear()
 
     @PROPERTY
     @given(request=invoke_bodies(), stream=st.booleans())
     def call(request: tuple[str, JSONObject], stream: bool) -> None:
         model, body = request
-        before = len(bedrock_billing.bills)
+        before = len(billing["bedrock"].bills)
         if stream:
-            _drain_events(client.invoke_model_with_response_stream(modelId=model, body=json.dumps(body)), "body")
+            _drain(client.invoke_model_with_response_stream(modelId=model, body=json.dumps(body))["body"])
         else:
             client.invoke_model(modelId=model, body=json.dumps(body))["body"].read()
-        _check(g, bedrock_billing, "aws", model, before)
+        _check(g, billing["bedrock"], "aws", model, before)
 
     call()
-    _spent_is_the_sum(g, bedrock_billing)
+    _spent_is_the_sum(g, billing["bedrock"])
 
 
-def test_regression_claude_on_bedrock_with_tools_reserves_the_tool_use_prompt(bedrock_billing: Billing,
+def test_regression_claude_on_bedrock_with_tools_reserves_the_tool_use_prompt(billing: dict[str, Billing],
                                                                               guarded: GuardFactory) -> None:
     """The property's first find: Converse with tools for a Claude model left Anthropic's tool-use
     system prompt (hundreds of tokens the request does not carry) out of the bound."""
     g = guarded(STRICT, ledger="memory://")
-    client = _bedrock_client(bedrock_billing)
-    bedrock_billing.bills.clear()
+    client = _bedrock_client(billing["bedrock"])
+    billing["bedrock"].bills.clear()
     model = "anthropic.claude-3-5-sonnet-20241022-v2:0"
     client.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "0"}]}],
                     inferenceConfig={"maxTokens": 1}, toolConfig={"tools": [{"toolSpec": {
                         "name": "a", "description": "d",
                         "inputSchema": {"json": {"type": "object", "properties": {}, "required": []}}}}]})
-    _check(g, bedrock_billing, "aws", model, 0)
-    assert bedrock_billing.bills[0].input_tokens > 346  # the documented prompt is in the bill
+    _check(g, billing["bedrock"], "aws", model, 0)
+    assert billing["bedrock"].bills[0].input_tokens > 346  # the documented prompt is in the bill
