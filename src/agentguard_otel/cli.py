@@ -56,7 +56,8 @@ def _verify(args: argparse.Namespace) -> int:
         expect[chain] = head
     progress = _Progress(args.progress or sys.stderr.isatty())
     try:
-        report = verify([Path(p) for p in args.paths], keys, expect_heads=expect or None, progress=progress)
+        report = verify([Path(p) for p in args.paths], keys, expect_heads=expect or None, progress=progress,
+                        jobs=args.jobs)
     finally:
         progress.close()
     if args.json:
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect-head", action="append", default=[], metavar="CHAIN=HASH",
                    help="the chain's last receipt hash as recorded elsewhere (span, log backend): detects truncation")
     p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="check the chains of different files on N processes (same report as 1; default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_verify)
 

@@ -14,13 +14,14 @@ different segment files on that many processes and merges the results in file or
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
 import multiprocessing
 import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agentguard_otel.errors import ConfigError
+from agentguard_otel.receipts.canonical import canonical_json
 from agentguard_otel.receipts.format import KINDS, VERSION, ZERO_HASH, line_of, unsigned_form
 from agentguard_otel.receipts.keys import StrPath, signature_valid
 
@@ -162,8 +164,10 @@ def _batches(files: list[Path], jobs: int) -> list[tuple[list[Path], int]]:
 
 def _parallel(batches: list[tuple[list[Path], int]], keys: dict[str, bytes], expect: dict[str, str],
               jobs: int, ticker: _Ticker) -> list[_Checker]:
-    """Each batch checked in a worker process (spawned: nothing of the caller's threads is copied)."""
-    context = multiprocessing.get_context("spawn")
+    """Each batch checked in a worker process: forked when this process runs one thread on Linux (no
+    other thread can hold a lock mid-update; no re-import), spawned otherwise."""
+    fork = sys.platform == "linux" and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if fork else "spawn")
     results: list[_Checker] = []
     with ProcessPoolExecutor(max_workers=min(jobs, len(batches)), mp_context=context) as pool:
         checked = pool.map(_check_batch, [files for files, _ in batches], [keys] * len(batches),
@@ -220,7 +224,7 @@ def verify_records(records: Iterable[Any], public_keys: Mapping[str, Ed25519Publ
     return checker.report()
 
 
-@dataclass
+@dataclass(slots=True)
 class _ChainState:
     seq: int = -1
     hash: str = ZERO_HASH
@@ -252,7 +256,9 @@ class _Checker:
         self.fail(file, line, None, None, "torn last line")
 
     def check(self, receipt: Any, file: str | None, line: int, raw: bytes | None = None) -> None:
-        """Check one receipt against its chain so far; ``raw`` is its line when read from a file."""
+        """Check one receipt against its chain so far; ``raw`` is its line when read from a file.
+
+        The receipt is the checker's to keep: its seal is popped off, leaving the unsigned receipt."""
         chain = receipt.get("chain") if isinstance(receipt, dict) else None
         seq = receipt.get("seq") if isinstance(receipt, dict) else None
         if not isinstance(chain, str) or type(seq) is not int:
@@ -262,19 +268,19 @@ class _Checker:
         state = self.chains.setdefault(chain, _ChainState())
         self.receipts += 1
         state.receipts += 1
-        reason = self._problem(receipt, chain, seq, state, raw)
+        claimed, sig = receipt.pop("hash", None), receipt.pop("sig", None)
+        reason = self._problem(receipt, claimed, sig, chain, seq, state, raw)
         if reason is not None:
             self.fail(file, line, chain, seq, reason)
         # Follow the receipt's own claims so one bad receipt is reported once, not at every later one.
-        claimed = receipt.get("hash")
         state.seq, state.hash = seq, claimed if isinstance(claimed, str) else ""
         state.file, state.line = file, line
         state.counted += receipt.get("kind") != "checkpoint"
         state.reached = state.reached or self.expect.get(chain) == claimed
 
-    def _problem(self, receipt: dict[str, Any], chain: str, seq: int, state: _ChainState,
-                 raw: bytes | None) -> str | None:
-        claimed, sig, key_id = receipt.get("hash"), receipt.get("sig"), receipt.get("key_id")
+    def _problem(self, receipt: dict[str, Any], claimed: Any, sig: Any, chain: str, seq: int,
+                 state: _ChainState, raw: bytes | None) -> str | None:
+        key_id = receipt.get("key_id")
         if not isinstance(claimed, str) or not isinstance(sig, str) or not isinstance(key_id, str):
             return "malformed receipt: hash, sig and key_id must be strings"
         try:
@@ -335,10 +341,10 @@ class _Checker:
 
 
 def _unsigned(receipt: dict[str, Any], raw: bytes | None) -> bytes:
-    """The receipt's unsigned form; for a value the canonical form refuses, the error is the one for
-    the stdlib's reading of the line (which keeps integers beyond 64 bits that orjson made floats)."""
+    """The canonical form of the unsigned receipt; for a value that form refuses, the error is the one
+    for the stdlib's reading of the line (which keeps integers beyond 64 bits that orjson made floats)."""
     try:
-        return unsigned_form(receipt)
+        return canonical_json(receipt)
     except (TypeError, ValueError, RecursionError):
         if raw is None:
             raise
@@ -347,10 +353,10 @@ def _unsigned(receipt: dict[str, Any], raw: bytes | None) -> bytes:
 
 def _signature_valid(public: bytes, sig: str, digest: bytes) -> bool:
     try:
-        signature = base64.b64decode(sig, validate=True)
+        signature = binascii.a2b_base64(sig)
     except (binascii.Error, ValueError):
         return False
-    if base64.b64encode(signature).decode("ascii") != sig:  # one signature, one spelling
+    if binascii.b2a_base64(signature, newline=False) != sig.encode("ascii"):  # one signature, one spelling
         return False
     return signature_valid(public, signature, digest)
 
