@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,24 +28,14 @@ from nacl.bindings import crypto_sign_open
 
 from agentguard_otel.receipts import ReceiptWriter, SigningKey, verify
 
-
-def _body(n: int) -> dict[str, object]:
-    """A decision body shaped like the guard's."""
-    return {
-        "call_id": f"call-{n}",
-        "scope": {"tenant": "acme", "team": "eng", "user": "alice", "agent": None, "task": "review",
-                  "capability": "read_only"},
-        "policy": {"id": "team", "version": 1, "digest": "sha256:" + "ab" * 32},
-        "action": "allow", "rule_id": "code-review", "cap": None, "reason": "within caps",
-        "provider": "openai", "model_requested": "gpt-4o-mini", "model_effective": "gpt-4o-mini",
-        "estimated_nano": 1_234_567 + n, "hold_nano": 1_234_567 + n, "degraded": False,
-    }
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.receipts.conftest import decision_body  # the receipt tests' guard-shaped body
 
 
 def _write(directory: Path, key: SigningKey, receipts: int, chains: int) -> None:
     writers = [ReceiptWriter(directory, key) for _ in range(chains)]
     for n in range(receipts):
-        writers[n % chains].append("decision", _body(n))
+        writers[n % chains].append("decision", decision_body(n))
     for writer in writers:
         writer.close()
 
