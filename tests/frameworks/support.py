@@ -84,14 +84,15 @@ def ours(error: BaseException) -> AgentGuardBlocked:
     return seen
 
 
-def assert_blocked(call: Callable[[], Any], server: Any, handle: Guarded,
-                   reason: str = CAP_REASON) -> AgentGuardBlocked:
-    """``call`` raises the guard's block (as is, or wrapped by the framework), signed in a block
-    decision, and sends nothing to the server."""
+def assert_blocked(call: Callable[[], Any], server: Any, handle: Guarded, reason: str = CAP_REASON, *,
+                   as_is: bool = False) -> AgentGuardBlocked:
+    """``call`` raises the guard's block (wrapped by the framework, unless ``as_is``), signed in a
+    block decision, and sends nothing to the server."""
     seen = len(server.requests)
     try:
         call()
     except Exception as error:  # whatever the framework wrapped ours in
+        assert isinstance(error, AgentGuardBlocked) or not as_is, f"wrapped by the framework: {error!r}"
         blocked = ours(error)
     else:
         raise AssertionError("the call was not blocked")
