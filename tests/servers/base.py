@@ -23,6 +23,8 @@ a request to an endpoint (:meth:`LocalServer.route`) and writes that provider's 
     connection is closed.
   - :meth:`LocalServer.cut_stream_after`: the next stream sends that many whole frames, then the
     connection is closed (JSON replies are not cut).
+  - :meth:`LocalServer.delay_next`: the next API reply is sent only after that many seconds (a
+    long call; the connection stays open and silent meanwhile).
   - :meth:`LocalServer.bill_with`: every reply from now on bills what a function of the request
     says (a :class:`Bill`: e.g. :mod:`tests.servers.worst_bill`'s worst bill a provider could send),
     instead of the token accounting below; the reply generates as many output tokens as it bills.
@@ -40,6 +42,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -171,6 +174,7 @@ class _Controls:
     usages: deque[Any] = field(default_factory=deque)
     truncations: int = 0
     cut_after: int | None = None
+    delays: deque[float] = field(default_factory=deque)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -397,6 +401,13 @@ class LocalServer(ABC):
         with self._lock:
             self._controls.cut_after = frames
 
+    def delay_next(self, seconds: float) -> None:
+        """Answer the next API request only after ``seconds`` (nothing is sent before then)."""
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        with self._lock:
+            self._controls.delays.append(seconds)
+
     def bill_with(self, biller: Biller | None) -> None:
         """Bill every API reply from now on as ``biller(path, body)`` says (None: the server's own
         token accounting again). Survives :meth:`reset`."""
@@ -463,6 +474,8 @@ class LocalServer(ABC):
             truncate = controls.truncations > 0
             if truncate:
                 controls.truncations -= 1
+            delay = controls.delays.popleft() if controls.delays else 0.0
+        time.sleep(delay)
         biller = self._biller
         self._handling.bill = biller(path, body) if biller is not None and body is not None else None
         reply = self.error_reply(failure) if failure is not None else self._call(endpoint, body)
