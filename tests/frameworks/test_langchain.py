@@ -23,8 +23,8 @@ from tests.frameworks.conftest import Run
 from tests.frameworks.support import (
     CAPPED_TEAM,
     TEAM_REASON,
-    assert_abandoned,
     assert_blocked,
+    assert_left_early,
     assert_one_span_per_call,
     assert_settled,
     ours,
@@ -110,7 +110,7 @@ def test_a_stream_left_early_settles(backend: Backend, run: Run[Any], guarded: G
             break
         run(asyncio.sleep(0))
     assert len(first) == 3 and len(backend.server.requests) == 2
-    assert_abandoned(handle, 2)
+    assert_left_early(handle, 2)
     assert_one_span_per_call(otel, handle)
 
 

@@ -23,6 +23,7 @@ from tests.frameworks.support import (
     MAX_OUTPUT_TOKENS,
     TEAM_REASON,
     assert_blocked,
+    assert_left_early,
     assert_one_span_per_call,
     assert_settled,
     ours,
@@ -36,6 +37,9 @@ PROMPT = "Review this diff, please."
 LIMIT_USD = "0.0001"  # a few runs of gpt-4o-mini, then the daily cap blocks
 NO_TRACING = RunConfig(tracing_disabled=True)  # the SDK's switch: no trace export to OpenAI's servers
 DIFF = "+ print('hello')"
+# cancel() stops the run's task: its stream is abandoned, or was already read to its end (the SDK
+# reads the model's stream in a task of its own, ahead of the caller): settled either way.
+LEFT_EARLY = ("abandoned", "ok")
 
 
 @function_tool
@@ -114,6 +118,23 @@ def test_a_tool_call_run_is_two_guarded_calls(streamed: bool, agent: Agent[Any],
     assert [r["stream"] for r in receipts(handle, "decision")] == [streamed] * 2
     settled = assert_settled(handle, server, per_call(result))
     assert settled[1]["usage"]["input_tokens"] > settled[0]["usage"]["input_tokens"]  # the tool turn is input
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_cancelled_streamed_run_settles(agent: Agent[Any], server: LocalOpenAIServer, run: Run[Any],
+                                          guarded: GuardFactory, otel: Telemetry) -> None:
+    """``cancel()`` at the first text delta stops the run and its stream: the call leaves no hold."""
+    handle = guarded(policy(LIMIT_USD))
+
+    async def cancelled() -> None:
+        result = Runner.run_streamed(agent, PROMPT, run_config=NO_TRACING)
+        async for event in result.stream_events():
+            if event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+                result.cancel()
+
+    run(cancelled())
+    assert len(server.requests) == 1
+    assert_left_early(handle, 1, LEFT_EARLY)
     assert_one_span_per_call(otel, handle)
 
 

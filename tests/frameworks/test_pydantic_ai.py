@@ -29,6 +29,7 @@ from tests.frameworks.support import (
     MAX_OUTPUT_TOKENS,
     TEAM_REASON,
     assert_blocked,
+    assert_left_early,
     assert_one_span_per_call,
     assert_settled,
     ours,
@@ -39,6 +40,9 @@ from tests.frameworks.support import (
 
 PROMPT = "Review this diff, please."
 NANO_PER_USD = Decimal(10**9)
+# Leaving run_stream early: the model's stream is abandoned, or was already read to its end (the
+# run reads it in a task of its own, ahead of the caller): settled either way, nothing held.
+LEFT_EARLY = ("abandoned", "ok")
 
 MODELS: dict[str, tuple[str, Callable[[str], Model], str]] = {
     "chat": ("server", lambda url: OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(url, "sk-test")),
@@ -101,6 +105,23 @@ def test_run_stream_settles_exactly(backend: Backend, run: Run[Any], guarded: Gu
     assert [r["stream"] for r in receipts(handle, "decision")] == [True]
     assert_settled(handle, backend.server, [tokens(usage)])
     assert_costs_match(handle, [usage])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_stream_left_early_settles(backend: Backend, run: Run[Any], guarded: GuardFactory,
+                                     otel: Telemetry) -> None:
+    """Leaving ``run_stream`` after the first text delta leaves no hold."""
+    handle = guarded(policy(backend.limit_usd))
+
+    async def briefly() -> str:
+        async with backend.agent.run_stream(PROMPT) as result:
+            async for delta in result.stream_text(delta=True):
+                return delta
+        raise AssertionError("no text streamed")
+
+    assert run(briefly())
+    assert len(backend.server.requests) == 1
+    assert_left_early(handle, 1, LEFT_EARLY)
     assert_one_span_per_call(otel, handle)
 
 

@@ -52,6 +52,16 @@ def test_every_stainless_operation_is_classified(package: str, adapter: type[Sta
     assert {"llm", "free", "refused"} <= set(kinds.values())
 
 
+def test_openai_media_is_priced_and_the_rest_stays_refused() -> None:
+    """Images, speech, transcription and translation are LLM calls the guard prices; image
+    variations (DALL-E 2 only), batches, fine-tuning, assistants runs and videos stay refused."""
+    adapter = OpenAIAdapter.__new__(OpenAIAdapter)
+    priced = ["/images/generations", "/images/edits", "/audio/speech", "/audio/transcriptions", "/audio/translations"]
+    refused = ["/images/variations", "/batches", "/fine_tuning/jobs", "/threads/x/runs", "/videos"]
+    assert {path: _classify(adapter, "post", path) for path in priced + refused} == \
+        {**dict.fromkeys(priced, "llm"), **dict.fromkeys(refused, "refused")}
+
+
 @pytest.mark.parametrize("service", ["bedrock-runtime", "bedrock-agent-runtime", "bedrock"])
 def test_every_bedrock_operation_is_classified(service: str) -> None:
     operations = botocore.session.get_session().get_service_model(service).operation_names

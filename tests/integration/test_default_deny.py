@@ -39,10 +39,8 @@ def _decisions(g: Guarded) -> list[dict[str, Any]]:
 
 
 UNPRICED_OPENAI: dict[str, Callable[[openai.OpenAI], Any]] = {
-    "images.generate": lambda c: c.images.generate(model="gpt-image-1", prompt="a cat"),
-    "audio.speech.create": lambda c: c.audio.speech.create(model="tts-1", voice="alloy", input="hello"),
-    "audio.transcriptions.create": lambda c: c.audio.transcriptions.create(model="whisper-1",
-                                                                          file=("a.wav", b"RIFF0000WAVE")),
+    # images, speech and transcription are priced now (tests/integration/test_media_pricing.py)
+    "images.create_variation": lambda c: c.images.create_variation(model="dall-e-2", image=("a.png", b"png")),
     "batches.create": lambda c: c.batches.create(input_file_id="file-1", endpoint="/v1/chat/completions",
                                                  completion_window="24h"),
     "fine_tuning.jobs.create": lambda c: c.fine_tuning.jobs.create(model="gpt-4o-mini", training_file="file-1"),
@@ -66,9 +64,9 @@ def test_an_openai_endpoint_no_table_prices_is_blocked_before_it_leaves(name: st
 
 def test_unknown_endpoint_allow_lets_it_through_with_a_degraded_receipt(server: Any, guarded: GuardFactory) -> None:
     g = guarded(ALLOW_UNKNOWN, ledger="memory://")
-    with pytest.raises(openai.APIStatusError):  # the local server has no image endpoint
-        UNPRICED_OPENAI["images.generate"](_client(server))
-    assert [r.path for r in server.requests] == ["/v1/images/generations"]
+    with pytest.raises(openai.APIStatusError):  # the local server has no image variations endpoint
+        UNPRICED_OPENAI["images.create_variation"](_client(server))
+    assert [r.path for r in server.requests] == ["/v1/images/variations"]
     (decision,) = _decisions(g)
     assert (decision["action"], decision["degraded"]) == ("allow", True)
 

@@ -1,0 +1,124 @@
+"""Bounds of media a request carries: an audio file's duration read from its own header, and the
+files of a multipart request. Pure functions: no SDK, no ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agentguard_otel.money import ceil_div
+
+HEAD_BYTES = 1 << 20
+"""How much of a file is read for its header: a WAV's chunks before ``data`` (LIST, bext) fit."""
+
+MP3_MIN_BITS_PER_SECOND = 8_000
+"""The lowest bitrate an MP3 frame can declare (MPEG-2.5 Layer III, 8 kbit/s): an MP3 of N bytes
+holds at most N x 8 / 8000 seconds of audio."""
+
+GUESS_BITS_PER_SECOND = 6_000
+"""Opus's lowest bitrate: the size-based guess for a format whose duration is not read (OGG, FLAC,
+M4A, WebM...). A guess only, since a lossless or silent stream can go lower: strict refuses it."""
+
+_PCM_FORMATS = frozenset({1, 3, 6, 7})  # integer PCM, IEEE float, A-law, mu-law: fixed bytes per frame
+_EXTENSIBLE = 0xFFFE
+
+
+@dataclass(frozen=True)
+class MediaBound:
+    """What a request's media adds to its bound: audio or image tokens, input images (bounded per
+    image), characters and audio seconds billed as such, and output the request fixes itself."""
+
+    input_tokens: int = 0
+    images: int = 0
+    characters: int = 0
+    audio_seconds: int = 0
+    output_tokens: int = 0
+    unproven: str | None = None  # why the bound is a guess (strict estimation refuses the call)
+
+
+@dataclass(frozen=True)
+class AudioLength:
+    """At most ``seconds`` of audio; ``proven`` False when it is a guess from the file's size."""
+
+    seconds: int
+    proven: bool
+
+
+def audio_length(head: bytes, size: int) -> AudioLength:
+    """The most audio a file of ``size`` bytes starting with ``head`` can hold: a WAV of PCM frames
+    read exactly (every byte after the ``data`` chunk header counted, whatever its declared size:
+    a header cannot make a file longer than its bytes), an MP3 at its lowest bitrate, anything
+    else guessed at :data:`GUESS_BITS_PER_SECOND`."""
+    wav = _wav_seconds(head, size)
+    if wav is not None:
+        return AudioLength(wav, True)
+    if head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return AudioLength(ceil_div(size * 8, MP3_MIN_BITS_PER_SECOND), True)
+    return AudioLength(ceil_div(size * 8, GUESS_BITS_PER_SECOND), False)
+
+
+def _wav_seconds(head: bytes, size: int) -> int | None:
+    """A RIFF/WAVE file of fixed-size frames: ceil(frames / rate); None for anything else."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    offset = 12
+    frame_bytes_per_second: int | None = None
+    while offset + 8 <= len(head):
+        chunk, length = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
+        body = offset + 8
+        if chunk == b"fmt ":
+            frame_bytes_per_second = _pcm_rate(head[body:body + min(length, 40)])
+            if frame_bytes_per_second is None:
+                return None
+        elif chunk == b"data":
+            if frame_bytes_per_second is None:
+                return None
+            return ceil_div(max(size - body, 0), frame_bytes_per_second)
+        offset = body + length + (length & 1)  # chunks are padded to an even length
+    return None
+
+
+def _pcm_rate(fmt: bytes) -> int | None:
+    """Bytes of one second of frames, from a ``fmt `` chunk of a fixed-frame format (None otherwise)."""
+    if len(fmt) < 16:
+        return None
+    tag, channels, rate = (int(field) for field in struct.unpack_from("<HHI", fmt))
+    bits = int(struct.unpack_from("<H", fmt, 14)[0])
+    if tag == _EXTENSIBLE:
+        if len(fmt) < 26:
+            return None
+        tag = int(struct.unpack_from("<H", fmt, 24)[0])  # the sub-format GUID starts with the format tag
+    if tag not in _PCM_FORMATS or channels == 0 or rate == 0 or bits == 0:
+        return None
+    return rate * channels * ceil_div(bits, 8)
+
+
+def read_head(content: Any) -> tuple[bytes, int] | None:
+    """(the first :data:`HEAD_BYTES`, the size) of a file's content as the SDK will send it: bytes,
+    or a seekable binary file left where it was. None when it cannot be read without consuming it."""
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        data = bytes(content)
+        return data[:HEAD_BYTES], len(data)
+    with contextlib.suppress(Exception):
+        if content.seekable():
+            start = content.tell()
+            try:
+                head = content.read(HEAD_BYTES)
+                size = content.seek(0, 2) - start
+            finally:
+                content.seek(start)
+            if isinstance(head, bytes):
+                return head, size
+    return None
+
+
+def request_files(files: Any, field: str) -> Iterable[Any]:
+    """The contents of a multipart request's files named ``field`` (or ``field[]``), from the
+    mapping or list of (name, file) the SDK sends; a file is its content or (filename, content, ...)."""
+    pairs = files.items() if isinstance(files, Mapping) else files or ()
+    for name, file in pairs:
+        if name in (field, f"{field}[]"):
+            yield file[1] if isinstance(file, tuple) else file
