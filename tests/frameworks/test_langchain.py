@@ -43,14 +43,17 @@ class Backend:
     limit_usd: str  # a few calls of the model, then the daily cap blocks
 
 
-@pytest.fixture(params=["openai", "anthropic"])
+def chat_openai(server: Any, **options: Any) -> ChatOpenAI:
+    return ChatOpenAI(model="gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, **options)
+
+
+@pytest.fixture(params=["openai", "openai-responses", "anthropic"])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    if request.param == "openai":
+    if request.param.startswith("openai"):
         srv = request.getfixturevalue("server")
         srv.reset()  # the shared fixture resets it only for tests that name it
-        return Backend(ChatOpenAI(model="gpt-4o-mini", base_url=srv.base_url, api_key="sk-test", max_retries=0,
-                                  stream_usage=True), srv,
-                       "0.0001")
+        llm = chat_openai(srv, stream_usage=True, use_responses_api=request.param == "openai-responses")
+        return Backend(llm, srv, "0.0001")
     srv = request.getfixturevalue("anthropic_server")
     return Backend(ChatAnthropic(model="claude-haiku-4-5", base_url=srv.base_url, api_key="sk-ant-test",
                                  max_retries=0, max_tokens=32), srv, "0.0005")
@@ -86,6 +89,20 @@ def test_stream_and_astream_settle_exactly(backend: Backend, run: Run[Any], guar
     assert all(s.content for s in streamed)
     assert [r["stream"] for r in receipts(handle, "decision")] == [True, True]
     assert_settled(handle, backend.server, [usage(s) for s in streamed])
+    assert_one_span_per_call(otel, handle)
+
+
+def test_a_stream_without_stream_usage_settles_exactly(server: Any, guarded: GuardFactory, otel: Telemetry) -> None:
+    """ChatOpenAI does not ask a Chat Completions stream for usage by default: the guard asks for it
+    (enforce mode), settles on it and hides that chunk, so LangChain sees the stream it asked for."""
+    handle = guarded(policy("0.0001"))
+    streamed = joined(list(chat_openai(server).stream(PROMPT)))
+    assert streamed.content and streamed.usage_metadata is None
+    assert (server.requests[0].body or {})["stream_options"] == {"include_usage": True}
+    (settlement,) = receipts(handle, "settlement")
+    assert (settlement["outcome"], settlement["cost_source"]) == ("ok", "local")
+    assert (settlement["usage"]["input_tokens"], settlement["usage"]["output_tokens"]) == usage(
+        chat_openai(server).invoke(PROMPT))  # the same prompt, unstreamed: the usage LangChain sees
     assert_one_span_per_call(otel, handle)
 
 
