@@ -9,6 +9,7 @@ its reservation, marked degraded.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -576,7 +577,9 @@ class GuardedCall:
         self.decision_hash = str(receipt["hash"]) if receipt else None
         self.span = span
         self.started = time.monotonic()
-        self._last_renew = self.started
+        # A long stream renews its hold a quarter of the hold's lifetime after the last renewal.
+        self._ttl = Guard._ttl(request)
+        self._renew_at = math.inf if decision.hold_id is None else self.started + self._ttl / 4
         self._done = False
         self._lock = threading.Lock()
         self._settled: tuple[int, str | None] = (0, None)  # a deferred call's (amount, receipt hash)
@@ -587,14 +590,13 @@ class GuardedCall:
 
     def keepalive(self) -> None:
         """A long stream renews its hold so it does not expire while chunks flow."""
-        hold = self.decision.hold_id
         now = time.monotonic()
-        ttl = Guard._ttl(self.request)
-        if hold is None or now - self._last_renew < ttl / 4:
+        hold = self.decision.hold_id
+        if now < self._renew_at or hold is None:  # the common case, once per chunk: nothing to do
             return
-        self._last_renew = now
+        self._renew_at = now + self._ttl / 4
         try:
-            self.guard.ledger.renew(hold, ttl)
+            self.guard.ledger.renew(hold, self._ttl)
         except Exception as exc:
             logger.warning("agentguard: could not renew hold %s: %s", hold, type(exc).__name__)
 
