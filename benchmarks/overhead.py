@@ -3,7 +3,8 @@ decisions per second.
 
 Not a test: run ``python benchmarks/overhead.py`` and copy its tables into the README.
 
-Latency: one process, the real ``openai`` SDK against the demo's local OpenAI-wire endpoint. Every arm
+Latency: one process, the real ``openai`` SDK against the demo's local OpenAI-wire endpoint (served by
+a process of its own, so that the CPU measured is the client's alone). Every arm
 is installed once — bare, the official ``opentelemetry-instrumentation-openai-v2`` (spans, metrics and
 log events), agentguard with a memory ledger and with a SQLite ledger — and its patches are recorded;
 then the patches are swapped in and out between blocks of calls, the arms in rotating order, so every
@@ -29,6 +30,7 @@ import dataclasses
 import itertools
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,7 +51,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from agentguard_otel import AgentGuardInstrumentor, scope
 from agentguard_otel.call import LLMRequest, ResponseInfo
-from agentguard_otel.demo.server import DemoServer
 from agentguard_otel.guard import Guard
 from agentguard_otel.instrumentor import _build_guard
 from agentguard_otel.pricing import TokenUsage
@@ -179,8 +180,7 @@ def _call(client: openai.OpenAI, stream: bool) -> Callable[[], None]:
 
 def _time(call: Callable[[], None], n: int, wall: list[float], cpu: list[float]) -> None:
     """Wall time per call, and the process's CPU time per call over the block: background threads
-    (span and log processors, any deferred work) count, and the in-process server's share is the
-    same in every arm, so it cancels out of the differences."""
+    (span and log processors, any deferred work) count."""
     start_cpu = time.process_time()
     for _ in range(n):
         start = time.perf_counter()
@@ -258,6 +258,19 @@ def throughput(guard: Guard, threads: int, seconds: float) -> float:
     return sum(counts) / seconds
 
 
+@contextmanager
+def _server() -> Iterator[str]:
+    """The demo endpoint in a process of its own, on a free port; yields its base URL."""
+    server = subprocess.Popen([sys.executable, "-m", "agentguard_otel.demo.server", "--port", "0"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        yield server.stdout.readline().strip()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=12, help="blocks per arm")
@@ -265,9 +278,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--profile", type=int, default=0, metavar="CALLS", help="profile CALLS guarded calls")
     args = parser.parse_args()
-    with DemoServer() as server, tempfile.TemporaryDirectory() as tmp:
+    with _server() as base_url, tempfile.TemporaryDirectory() as tmp:
         arms = Arms(Path(tmp))
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
+        client = openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
         print(f"{args.rounds} blocks of {args.block} calls per arm, rotated; added over the bare SDK call")
         print()
         print("| call | arm | added wall (median) | added CPU (median) | wall ÷ otel-v2 | CPU ÷ otel-v2 |")
