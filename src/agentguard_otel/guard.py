@@ -22,6 +22,8 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agentguard_otel.call import (
+    AUTO_TIER,
+    STANDARD_TIER,
     Action,
     CapRef,
     Decision,
@@ -469,8 +471,15 @@ class Guard:
             return _Outcome("block", f"unknown model {', '.join(names)} has no price (unknown_model: block)")
         return None
 
+    def _tier(self, request: LLMRequest) -> str | None:
+        """The tier a call is priced at before it is sent: the one it asks for; for ``auto``, the
+        dearest there is in strict estimation (an unknown tier is priced so) and standard otherwise."""
+        if request.service_tier == AUTO_TIER and self.policy.estimation != "strict":
+            return None
+        return request.service_tier
+
     def _price(self, request: LLMRequest, model: str) -> tuple[ModelPrice, bool]:
-        price = self.prices.lookup(request.price_provider, model, request.service_tier)
+        price = self.prices.lookup(request.price_provider, model, self._tier(request))
         if price is not None:
             return price, False
         fallback = self.policy.unknown_model_price
@@ -766,9 +775,12 @@ class GuardedCall:
         if info.provider_cost_nano is not None:
             return info.provider_cost_nano, "provider"
         price = self.decision.price
-        if info.response_model and info.response_model != self.decision.model_effective:
-            price = guard.prices.lookup(self.request.price_provider, info.response_model,
-                                        self.request.service_tier) or price
+        # priced as the model that answered, at the tier the provider reports (else the one reserved at)
+        model = info.response_model or self.decision.model_effective
+        tier = guard._tier(self.request) if info.service_tier is None else (
+            None if info.service_tier == STANDARD_TIER else info.service_tier)
+        if model != self.decision.model_effective or tier != guard._tier(self.request):
+            price = guard.prices.lookup(self.request.price_provider, model, tier) or price
         if info.usage is not None:
             return guard.prices.actual_cost_nano(price, info.usage), "estimated" if outcome == "abandoned" else "local"
         if outcome == "abandoned":

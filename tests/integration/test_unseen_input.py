@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from agentguard_otel import AgentGuardBlocked
+from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers.bedrock import NOVA_VIDEO_TOKENS
 from tests.conftest import Guarded, GuardFactory
 from tests.servers.anthropic_server import LocalAnthropicServer
@@ -121,3 +122,44 @@ def test_a_service_tier_is_priced_as_that_tier_and_an_unknown_one_as_the_dearest
     assert flex < standard < priority == unknown
     settled = [r for r in g.receipts() if r["kind"] == "settlement"]
     assert settled[1]["actual_nano"] > settled[0]["actual_nano"]  # the same usage, billed at the priority rate
+
+
+def _settled_at(g: Guarded, settlement: dict[str, Any], tier: str | None) -> int:
+    price = g.guard.prices.lookup("openai", "gpt-5", tier)
+    assert price is not None
+    return g.guard.prices.actual_cost_nano(price, TokenUsage(**settlement["usage"]))
+
+
+def test_auto_tier_reserves_the_dearest_tier_and_settles_at_the_tier_the_response_reports(
+        server: Any, guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0)
+    ask: dict[str, Any] = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}],
+                           "max_completion_tokens": 64}
+    client.chat.completions.create(**ask, service_tier="priority")
+    client.chat.completions.create(**ask)
+    client.chat.completions.create(**ask, service_tier="auto")  # the project's default tier: standard
+    server.set_project_tier("priority")
+    client.chat.completions.create(**ask, service_tier="auto")  # the project's default tier: priority
+    client.responses.create(model="gpt-5", input="hi", max_output_tokens=64, service_tier="auto")
+    priority, standard, auto_standard, auto_priority, responses = [
+        r["estimated_nano"] for r in g.receipts() if r["kind"] == "decision"]
+    assert auto_standard == auto_priority == priority > standard
+    settled = [r for r in g.receipts() if r["kind"] == "settlement"]
+    assert [r["actual_nano"] for r in settled] == [
+        _settled_at(g, settled[0], "priority"), _settled_at(g, settled[1], None), _settled_at(g, settled[2], None),
+        _settled_at(g, settled[3], "priority"), _settled_at(g, settled[4], "priority")]
+    assert settled[2]["actual_nano"] < settled[3]["actual_nano"] <= auto_priority
+    assert responses >= settled[4]["actual_nano"] > _settled_at(g, settled[4], None)
+
+
+def test_auto_tier_in_expected_estimation_is_reserved_as_the_standard_tier(server: Any,
+                                                                          guarded: GuardFactory) -> None:
+    g = guarded({**STRICT, "estimation": "expected"}, ledger="memory://")
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0)
+    ask: dict[str, Any] = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}],
+                           "max_completion_tokens": 64}
+    client.chat.completions.create(**ask)
+    client.chat.completions.create(**ask, service_tier="auto")
+    standard, auto = [r["estimated_nano"] for r in g.receipts() if r["kind"] == "decision"]
+    assert auto == standard

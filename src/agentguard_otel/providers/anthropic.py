@@ -15,7 +15,7 @@ from typing import Any
 from agentguard_otel.call import ResponseInfo
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import Integration
-from agentguard_otel.providers.base import UsageFields, find_unseen, get_path
+from agentguard_otel.providers.base import UsageFields, find_unseen, get_path, reported_tier
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
@@ -96,6 +96,7 @@ class MessagesReader:
     def on_body(self, body: Any) -> None:
         self._message(body)
         self.info.usage = read_usage(get_path(body, ("usage",)))
+        self.info.service_tier = reported_tier(get_path(body, ("usage", "service_tier")))
         reason = get_path(body, ("stop_reason",))
         self.info.finish_reasons = [str(reason)] if reason else []
         self.complete = True
@@ -130,6 +131,7 @@ class MessagesReader:
         count arrives, every output byte seen bounds the output tokens (a token is >= 1 byte), so
         a stream cut short settles what it delivered."""
         self._usage.update((name, value) for name, value in usage.items() if value is not None)
+        self.info.service_tier = reported_tier(self._usage.get("service_tier"))
         if not self._usage:
             return  # nothing reported (yet): not a malformed report
         tokens = read_usage(self._usage)
