@@ -11,6 +11,7 @@ import hashlib
 import json
 from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -121,7 +122,7 @@ class Cap(BaseModel):
                                  "limit_usd")
         return self
 
-    @property
+    @cached_property
     def limit_nano(self) -> int:
         """Rounded down, so the integer limit never admits more than the written one."""
         return usd_to_nano(self.limit_usd, rounding=ROUND_FLOOR)
@@ -139,7 +140,7 @@ class ModelRule(BaseModel):
     max_input_usd_per_mtok: UsdAmount | None = Field(
         default=None, description="Only models whose input price (USD per million tokens) is at most this.")
 
-    @property
+    @cached_property
     def max_input_nano_per_mtok(self) -> int | None:
         """Rounded down, like every ceiling: a price just above the written ceiling is never admitted."""
         if self.max_input_usd_per_mtok is None:
@@ -186,7 +187,7 @@ class Rule(BaseModel):
                                      "caps", index, "downgrade_to")
         return self
 
-    @property
+    @cached_property
     def per_fields(self) -> tuple[ScopeField, ...]:
         """``per`` as a tuple whatever way it was written (absent -> one shared counter)."""
         if self.per is None:
@@ -219,12 +220,12 @@ class UnknownModelPrice(BaseModel):
     input_usd_per_mtok: UsdAmount = Decimal(15)
     output_usd_per_mtok: UsdAmount = Decimal(75)
 
-    @property
+    @cached_property
     def input_nano_per_mtok(self) -> int:
         """Rounded up: an assumed price errs on the expensive side."""
         return usd_to_nano(self.input_usd_per_mtok)
 
-    @property
+    @cached_property
     def output_nano_per_mtok(self) -> int:
         return usd_to_nano(self.output_usd_per_mtok)
 
@@ -248,7 +249,7 @@ class CreditCheck(BaseModel):
     min_remaining_usd: UsdAmount
     interval_seconds: PositiveInt = 60
 
-    @property
+    @cached_property
     def min_remaining_nano(self) -> int:
         return usd_to_nano(self.min_remaining_usd)
 
