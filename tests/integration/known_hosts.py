@@ -14,13 +14,21 @@ BEDROCK_HOST = "bedrock-runtime.us-east-1.amazonaws.com"
 KNOWN_HOSTS = frozenset({OPENAI_HOST, ANTHROPIC_HOST, BEDROCK_HOST})
 
 
-def resolve_locally(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Patch ``socket.getaddrinfo`` (which every client's resolver ends in) for the known host names."""
+LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def resolve_locally(monkeypatch: pytest.MonkeyPatch, *, offline: bool = False) -> None:
+    """Patch ``socket.getaddrinfo`` (which every client's resolver ends in) for the known host names;
+    ``offline``: any other name but the local ones fails to resolve (no request can leave the machine)."""
     real = socket.getaddrinfo
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else host
-        return real("127.0.0.1" if name in KNOWN_HOSTS else host, *args, **kwargs)
+        if name in KNOWN_HOSTS:
+            return real("127.0.0.1", *args, **kwargs)
+        if offline and name not in LOCAL_NAMES:
+            raise socket.gaierror(socket.EAI_NONAME, f"{name} is not resolved in the tests (offline)")
+        return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):

@@ -218,34 +218,58 @@ class BodyObserver:
         self._on_end(self.reader.info, self.reader.complete)
 
 
+def _observed(source: Iterator[bytes], observer: BodyObserver) -> Iterator[bytes]:
+    """The bytes of ``source`` the caller may see, each fed to ``observer``; its end reported once."""
+    try:
+        while True:
+            observer.pulling = True
+            try:
+                chunk = next(source)
+            except StopIteration:
+                break
+            finally:
+                observer.pulling = False
+            visible = observer.feed(chunk)
+            if visible:
+                yield visible
+        tail = observer.flush()
+        if tail:
+            yield tail
+    finally:
+        observer.end()
+
+
+async def _aobserved(source: AsyncIterator[bytes], observer: BodyObserver) -> AsyncIterator[bytes]:
+    """:func:`_observed` for an async body."""
+    try:
+        while True:
+            observer.pulling = True
+            try:
+                chunk = await source.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                observer.pulling = False
+            visible = observer.feed(chunk)
+            if visible:
+                yield visible
+        tail = observer.flush()
+        if tail:
+            yield tail
+    finally:
+        observer.end()
+
+
 def observe_sync(response: Any, observer: BodyObserver) -> None:
     """Route an unread sync response body through ``observer``."""
     ref = weakref.ref(response)  # no cycle: the response must stay collectable when dropped
     cls = type(response)
 
+    # The source is made when the method is called (the caller holds the response then), not when
+    # iteration starts: like httpx's own iterator it holds the response while it lives, for a
+    # caller that keeps only the iterator.
     def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
-        resp = ref()
-        if resp is None:
-            return
-        source = cls.iter_bytes(resp, chunk_size)
-        del resp
-        try:
-            while True:
-                observer.pulling = True
-                try:
-                    chunk = next(source)
-                except StopIteration:
-                    break
-                finally:
-                    observer.pulling = False
-                visible = observer.feed(chunk)
-                if visible:
-                    yield visible
-            tail = observer.flush()
-            if tail:
-                yield tail
-        finally:
-            observer.end()
+        return _observed(cls.iter_bytes(ref(), chunk_size), observer)
 
     def close() -> None:
         resp = ref()
@@ -266,29 +290,8 @@ def observe_async(response: Any, observer: BodyObserver) -> None:
     ref = weakref.ref(response)
     cls = type(response)
 
-    async def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        resp = ref()
-        if resp is None:
-            return
-        source = cls.aiter_bytes(resp, chunk_size)
-        del resp
-        try:
-            while True:
-                observer.pulling = True
-                try:
-                    chunk = await source.__anext__()
-                except StopAsyncIteration:
-                    break
-                finally:
-                    observer.pulling = False
-                visible = observer.feed(chunk)
-                if visible:
-                    yield visible
-            tail = observer.flush()
-            if tail:
-                yield tail
-        finally:
-            observer.end()
+    def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        return _aobserved(cls.aiter_bytes(ref(), chunk_size), observer)
 
     async def aclose() -> None:
         resp = ref()
