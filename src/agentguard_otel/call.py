@@ -17,10 +17,6 @@ from agentguard_otel.pricing import ModelPrice, TokenUsage
 Action = Literal["allow", "downgrade", "block", "shadow"]
 
 
-AUTO_TIER = "auto"
-STANDARD_TIER = "standard"
-
-
 class MalformedResponse(ValueError):
     """A response's usage or cost cannot be trusted (negative, non-numeric, inconsistent, absurd)."""
 
@@ -54,13 +50,18 @@ class LLMRequest:
     # Input the provider bills that the request does not carry (a previous response, a stored prompt,
     # a file by id, a document): what it is, for the refusal's reason; None when all input is here.
     unseen_input: str | None = None
-    input_overhead_tokens: int = 0  # tokens the provider adds itself (a tool-use system prompt)
+    input_overhead_tokens: int = 0  # tokens the provider adds itself (a tool-use system prompt), or audio/image
+    # tokens the adapter bounded from the media itself (an audio file's duration)
+    input_characters: int = 0  # characters billed per character (text-to-speech)
+    input_audio_seconds: int = 0  # most seconds of audio billed by duration (transcription)
+    fixed_output_tokens: int = 0  # output the request itself fixes (images of a size and quality): no limit lowers it
+    # Why the adapter's bound is a guess, not a proof (an audio file bounded by its size): strict
+    # estimation refuses the call. None: the bound is proven.
+    unproven_bound: str | None = None
     # Why the request's output limit cannot be read (a model family whose body the adapter does not
     # know): strict estimation refuses it rather than assume a default. None: the limit is known.
     unknown_output_limit: str | None = None
-    # A processing tier the call asks for (priority, flex...): priced as such. AUTO_TIER: the provider
-    # picks (a project's default may be dearer): strict estimation reserves the dearest tier there is.
-    service_tier: str | None = None
+    service_tier: str | None = None  # a processing tier the call asks for (priority, flex...): priced as such
     traced: bool = True  # False when the client's own tracing is switched off: the guard records no span either
 
 
@@ -99,7 +100,6 @@ class ResponseInfo:
     output_bytes: int = 0  # text seen so far: bounds the output of a stream cut short
     problem: str | None = None  # why the usage cannot be trusted (then the reservation is settled)
     deferred: bool = False  # the provider accepted the work and reports its usage later (background)
-    service_tier: str | None = None  # the tier the provider says it processed the call at (STANDARD_TIER: its default)
 
 
 @dataclass(frozen=True)
@@ -145,5 +145,5 @@ class Decision:
     caps: tuple[CapRef, ...] = ()  # every cap that applied, to read the budget at settlement
 
 
-__all__ = ["AUTO_TIER", "STANDARD_TIER", "Action", "CapRef", "Decision", "LLMRequest", "MalformedResponse",
-           "RequestChanges", "ResponseInfo", "Unchangeable", "UnknownEndpoint"]
+__all__ = ["Action", "CapRef", "Decision", "LLMRequest", "MalformedResponse", "RequestChanges", "ResponseInfo",
+           "Unchangeable", "UnknownEndpoint"]

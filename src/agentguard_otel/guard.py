@@ -9,7 +9,6 @@ its reservation, marked degraded.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
@@ -22,8 +21,6 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agentguard_otel.call import (
-    AUTO_TIER,
-    STANDARD_TIER,
     Action,
     CapRef,
     Decision,
@@ -455,6 +452,8 @@ class Guard:
         if request.unknown_output_limit is not None and self.policy.estimation == "strict":
             return _Outcome("block", f"the output limit of {request.unknown_output_limit} cannot be read, so the "
                             "call cannot be bounded (refused in strict estimation; converse works for every model)")
+        if request.unproven_bound is not None and self.policy.estimation == "strict":
+            return _Outcome("block", f"{request.unproven_bound} cannot be bounded (refused in strict estimation)")
         if request.unseen_input is not None and self.policy.estimation == "strict":
             unbounded = [model for model, price in candidates if price.context_window is None]
             if unbounded:
@@ -471,15 +470,8 @@ class Guard:
             return _Outcome("block", f"unknown model {', '.join(names)} has no price (unknown_model: block)")
         return None
 
-    def _tier(self, request: LLMRequest) -> str | None:
-        """The tier a call is priced at before it is sent: the one it asks for; for ``auto``, the
-        dearest there is in strict estimation (an unknown tier is priced so) and standard otherwise."""
-        if request.service_tier == AUTO_TIER and self.policy.estimation != "strict":
-            return None
-        return request.service_tier
-
     def _price(self, request: LLMRequest, model: str) -> tuple[ModelPrice, bool]:
-        price = self.prices.lookup(request.price_provider, model, self._tier(request))
+        price = self.prices.lookup(request.price_provider, model, request.service_tier)
         if price is not None:
             return price, False
         fallback = self.policy.unknown_model_price
@@ -505,14 +497,16 @@ class Guard:
         mode when a window is unknown: see _violation)."""
         shown = input_token_bound(request.input_bytes, request.input_items, request.input_images,
                                   self.policy.estimation) + request.input_overhead_tokens
-        output_tokens = (output_bound or 0) * request.output_multiplier
+        output_tokens = (output_bound or 0) * request.output_multiplier + request.fixed_output_tokens
 
         def input_tokens(price: ModelPrice) -> int:
             if request.unseen_input is None or price.context_window is None:
                 return shown
             return max(shown, price.context_window)
 
-        return max(self.prices.bound_cost_nano(price, input_tokens(price), output_tokens) for price in prices)
+        return max(self.prices.bound_cost_nano(price, input_tokens(price), output_tokens,
+                                               characters=request.input_characters,
+                                               audio_seconds=request.input_audio_seconds) for price in prices)
 
     def _spec(self, ref: CapRef, enforce: bool) -> CounterSpec:
         return CounterSpec(key=ref.counter, limit_nano=ref.cap.limit_nano, window=ref.cap.window,  # type: ignore[arg-type]
@@ -586,9 +580,7 @@ class GuardedCall:
         self.decision_hash = str(receipt["hash"]) if receipt else None
         self.span = span
         self.started = time.monotonic()
-        # A long stream renews its hold a quarter of the hold's lifetime after the last renewal.
-        self._ttl = Guard._ttl(request)
-        self._renew_at = math.inf if decision.hold_id is None else self.started + self._ttl / 4
+        self._last_renew = self.started
         self._done = False
         self._lock = threading.Lock()
         self._settled: tuple[int, str | None] = (0, None)  # a deferred call's (amount, receipt hash)
@@ -599,13 +591,14 @@ class GuardedCall:
 
     def keepalive(self) -> None:
         """A long stream renews its hold so it does not expire while chunks flow."""
-        now = time.monotonic()
         hold = self.decision.hold_id
-        if now < self._renew_at or hold is None:  # the common case, once per chunk: nothing to do
+        now = time.monotonic()
+        ttl = Guard._ttl(self.request)
+        if hold is None or now - self._last_renew < ttl / 4:
             return
-        self._renew_at = now + self._ttl / 4
+        self._last_renew = now
         try:
-            self.guard.ledger.renew(hold, self._ttl)
+            self.guard.ledger.renew(hold, ttl)
         except Exception as exc:
             logger.warning("agentguard: could not renew hold %s: %s", hold, type(exc).__name__)
 
@@ -775,12 +768,9 @@ class GuardedCall:
         if info.provider_cost_nano is not None:
             return info.provider_cost_nano, "provider"
         price = self.decision.price
-        # priced as the model that answered, at the tier the provider reports (else the one reserved at)
-        model = info.response_model or self.decision.model_effective
-        tier = guard._tier(self.request) if info.service_tier is None else (
-            None if info.service_tier == STANDARD_TIER else info.service_tier)
-        if model != self.decision.model_effective or tier != guard._tier(self.request):
-            price = guard.prices.lookup(self.request.price_provider, model, tier) or price
+        if info.response_model and info.response_model != self.decision.model_effective:
+            price = guard.prices.lookup(self.request.price_provider, info.response_model,
+                                        self.request.service_tier) or price
         if info.usage is not None:
             return guard.prices.actual_cost_nano(price, info.usage), "estimated" if outcome == "abandoned" else "local"
         if outcome == "abandoned":
@@ -790,9 +780,11 @@ class GuardedCall:
     def _seen_bound(self, info: ResponseInfo) -> int:
         """What a stream without usage can have cost: the input bound and every output byte seen (a
         token is >= 1 byte), never more than the reservation (also a proven bound)."""
-        input_tokens = input_token_bound(self.request.input_bytes, self.request.input_items,
-                                         self.request.input_images, "strict")
-        usage = TokenUsage(input_tokens=input_tokens, output_tokens=info.output_bytes)
+        request = self.request
+        input_tokens = input_token_bound(request.input_bytes, request.input_items, request.input_images,
+                                         "strict") + request.input_overhead_tokens
+        usage = TokenUsage(input_tokens=input_tokens, output_tokens=info.output_bytes,
+                           input_characters=request.input_characters, input_audio_seconds=request.input_audio_seconds)
         return min(self.guard.prices.actual_cost_nano(self.decision.price, usage), self.decision.estimated_nano)
 
 
@@ -806,7 +798,13 @@ def _usage_dict(usage: TokenUsage | None) -> dict[str, int] | None:
         "cache_write_tokens": usage.cache_write_tokens,
         "cache_write_1h_tokens": usage.cache_write_1h_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
+        # media counts only where the call had them, so a text call's receipt keeps its shape
+        **{name: getattr(usage, name) for name in _MEDIA_USAGE if getattr(usage, name)},
     }
+
+
+_MEDIA_USAGE = ("input_audio_tokens", "input_image_tokens", "output_audio_tokens", "output_image_tokens",
+                "input_characters", "input_audio_seconds")
 
 
 __all__ = ["Decision", "Guard", "GuardedCall", "Refusal", "counter_key"]

@@ -40,8 +40,6 @@ even when ``stream_options.include_usage`` asked for it), and of a Response (bod
 the other stream events stay. ``call_tool_next(name, arguments)`` makes the next Response a call
 of that function tool instead of a message (its ``response.function_call_arguments`` events when
 streamed), billed as the message would have been: an agent's tool turn, then its answer.
-Chat completions and Responses report ``service_tier``: the one asked for, or for ``auto`` (or
-none) the project's (:meth:`LocalOpenAIServer.set_project_tier`, ``default`` unless set).
 ``bill_with`` replaces the prompt and completion token counts (no reasoning or cached tokens; the
 reply has one word per billed output token).
 """
@@ -67,6 +65,7 @@ from agentguard_otel.demo.server import (
     reply_pieces,
     text_tokens,
 )
+from tests.servers import openai_media
 from tests.servers.base import (
     OMIT_USAGE,
     ApiError,
@@ -224,14 +223,27 @@ class LocalOpenAIServer(LocalServer):
         self._credit_remaining_usd: str | None = None  # OpenRouter /key: None means no limit on the key
         self._background: dict[str, JSONObject] = {}  # background responses by id, as finished
         self._answer_as: str | None = None
-        self.project_tier = "default"
         self._tool_calls: deque[tuple[str, str]] = deque()  # (name, arguments) the next Responses call
         self._endpoints: dict[str, Endpoint] = {
             "chat/completions": self._chat,
             "responses": self._responses,
             "embeddings": self._embeddings,
             "completions": self._completions,
+            "images/generations": lambda body: openai_media.images(self, body, "image_generation"),
+            "images/edits": lambda body: openai_media.images(self, body, "image_edit"),
+            "audio/speech": lambda body: openai_media.speech(self, body),
+            "audio/transcriptions": lambda body: openai_media.transcription(self, body),
+            "audio/translations": lambda body: openai_media.transcription(self, body),
         }
+
+    def _answer(self, method: str, path: str, raw: bytes,
+                headers: Mapping[str, str]) -> tuple[Reply, bool, int | None]:
+        """A multipart/form-data body (images edits, transcriptions) is answered as its JSON form."""
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        if content_type.startswith("multipart/form-data"):
+            fields = openai_media.multipart_json(raw, content_type)
+            raw = json.dumps(fields).encode() if fields is not None else raw
+        return super()._answer(method, path, raw, headers)
 
     @property
     def base_path(self) -> str:
@@ -280,7 +292,6 @@ class LocalOpenAIServer(LocalServer):
 
     def reset(self) -> None:
         super().reset()
-        self.project_tier = "default"
         with self._lock:
             self._tool_calls.clear()
 
@@ -292,15 +303,6 @@ class LocalOpenAIServer(LocalServer):
             return {"id": item_id, "type": "function_call", "status": "completed", "call_id": self.next_id("call_"),
                     "name": tool[0], "arguments": tool[1]}
         return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [_text_part(text)]}
-
-    def set_project_tier(self, tier: str) -> None:
-        """The tier a request asking for ``auto`` (or for none) is processed at, as a project's
-        default tier decides (until :meth:`reset`); the reply reports it as ``service_tier``."""
-        self.project_tier = tier
-
-    def _tier(self, body: Mapping[str, Any]) -> str:
-        asked = body.get("service_tier")
-        return asked if isinstance(asked, str) and asked != "auto" else self.project_tier
 
     def answer_as(self, model: str | None) -> None:
         """Answer every request as ``model``, whatever was asked (a provider routing elsewhere)."""
@@ -405,7 +407,6 @@ class LocalOpenAIServer(LocalServer):
         base = {
             **self._envelope("chatcmpl-", "chat.completion", done.model),
             "system_fingerprint": "fp_agentguard",
-            "service_tier": self._tier(body),
         }
         if not body.get("stream"):
             message: JSONObject = {
@@ -522,7 +523,6 @@ class LocalOpenAIServer(LocalServer):
                 "instructions": instructions,
                 "max_output_tokens": body.get("max_output_tokens"),
                 "model": done.model,
-                "service_tier": self._tier(body),
                 "output": output,
                 "parallel_tool_calls": True,
                 "previous_response_id": None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from agentguard_otel.call import AUTO_TIER, STANDARD_TIER, MalformedResponse
+from agentguard_otel.call import MalformedResponse
 from agentguard_otel.pricing import TokenUsage
 
 Path = tuple[str, ...]
@@ -95,6 +95,10 @@ class UsageFields:
     cache_write: Path | None = None
     cache_write_1h: Path | None = None
     reasoning: Path | None = None
+    input_audio: Path | None = None
+    input_image: Path | None = None
+    output_audio: Path | None = None
+    output_image: Path | None = None
     input_excludes_cache: bool = False  # Anthropic counts cache tokens outside input_tokens
 
     def read(self, usage: Any) -> TokenUsage | None:
@@ -111,10 +115,16 @@ class UsageFields:
         cache_read, cache_write, cache_write_1h = count(self.cache_read), count(self.cache_write), \
             count(self.cache_write_1h)
         input_tokens, output_tokens, reasoning = count(self.input), count(self.output), count(self.reasoning)
+        input_audio, input_image = count(self.input_audio), count(self.input_image)
+        output_audio, output_image = count(self.output_audio), count(self.output_image)
         if self.input_excludes_cache:
             input_tokens += cache_read + cache_write + cache_write_1h
-        if cache_read + cache_write + cache_write_1h > input_tokens or reasoning > output_tokens:
+        if cache_read + cache_write + cache_write_1h > input_tokens or input_audio + input_image > input_tokens \
+                or reasoning + output_audio + output_image > output_tokens:
             raise MalformedResponse("usage parts exceed their totals")
+        # Cached tokens are counted among the audio and image ones too: priced once, at the cache rate.
+        uncached_media = min(input_audio + input_image, input_tokens - cache_read - cache_write - cache_write_1h)
+        audio = min(input_audio, uncached_media)
         return TokenUsage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -122,6 +132,10 @@ class UsageFields:
             cache_write_tokens=cache_write,
             cache_write_1h_tokens=cache_write_1h,
             reasoning_tokens=reasoning,
+            input_audio_tokens=audio,
+            input_image_tokens=uncached_media - audio,
+            output_audio_tokens=output_audio,
+            output_image_tokens=output_image,
         )
 
 
@@ -130,6 +144,7 @@ class InputMeasure:
     bytes: int = 0
     items: int = 0
     images: int = 0
+    tokens: int = 0  # of parts measured apart (audio by its duration)
 
 
 def find_unseen(value: Any, unseen: Callable[[Mapping[str, Any]], str | None],
@@ -152,12 +167,15 @@ def find_unseen(value: Any, unseen: Callable[[Mapping[str, Any]], str | None],
     return None
 
 
-def measure_input(value: Any, is_image: Callable[[Mapping[str, Any]], bool]) -> InputMeasure:
+def measure_input(value: Any, is_image: Callable[[Mapping[str, Any]], bool],
+                  part_tokens: Callable[[Mapping[str, Any]], int | None] = lambda part: None) -> InputMeasure:
     """Size the input for a token bound: UTF-8 bytes of every key and string (a byte-level BPE
-    token covers at least one byte), structural punctuation, and images counted apart (their
-    base64 bytes say nothing about their token cost)."""
+    token covers at least one byte), structural punctuation, images counted apart (their base64
+    bytes say nothing about their token cost), and parts whose tokens ``part_tokens`` bounds
+    itself (audio by its duration; None: measured by their bytes)."""
     total = 0
     images = 0
+    tokens = 0
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
@@ -166,6 +184,10 @@ def measure_input(value: Any, is_image: Callable[[Mapping[str, Any]], bool]) -> 
         elif isinstance(item, Mapping):
             if is_image(item):
                 images += 1
+                continue
+            bounded = part_tokens(item)
+            if bounded is not None:
+                tokens += bounded
                 continue
             total += 2
             for key, sub in item.items():
@@ -176,21 +198,4 @@ def measure_input(value: Any, is_image: Callable[[Mapping[str, Any]], bool]) -> 
             stack.extend(item)
         elif item is not None:
             total += len(str(item))
-    return InputMeasure(bytes=total, images=images)
-
-
-_STANDARD_TIERS = frozenset({"default", STANDARD_TIER, "standard_only"})  # names of a provider's default tier
-
-
-def requested_tier(value: Any) -> str | None:
-    """The service tier a request asks for: None for the standard one (or none given), else its
-    name (``auto``: whichever the provider picks)."""
-    return value if isinstance(value, str) and value not in _STANDARD_TIERS else None
-
-
-def reported_tier(value: Any) -> str | None:
-    """The tier a response says the call was processed at: STANDARD_TIER for the default one,
-    None when it says nothing (or only ``auto``)."""
-    if not isinstance(value, str) or value == AUTO_TIER:
-        return None
-    return STANDARD_TIER if value in _STANDARD_TIERS else value
+    return InputMeasure(bytes=total, images=images, tokens=tokens)

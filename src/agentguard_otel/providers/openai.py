@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import inspect
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -14,8 +17,10 @@ from opentelemetry.instrumentation.utils import unwrap
 from agentguard_otel.call import MalformedResponse, ResponseInfo, UnknownEndpoint
 from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.money import usd_to_nano
+from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Hooks, Integration
-from agentguard_otel.providers.base import UsageFields, find_unseen, get_path, reported_tier
+from agentguard_otel.providers.base import MAX_TOKENS, UsageFields, find_unseen, get_path
+from agentguard_otel.providers.media import HEAD_BYTES, MediaBound, audio_length, read_head, request_files
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
 
@@ -27,6 +32,8 @@ CHAT_USAGE = UsageFields(
     output=("completion_tokens",),
     cache_read=("prompt_tokens_details", "cached_tokens"),
     reasoning=("completion_tokens_details", "reasoning_tokens"),
+    input_audio=("prompt_tokens_details", "audio_tokens"),
+    output_audio=("completion_tokens_details", "audio_tokens"),
 )
 RESPONSES_USAGE = UsageFields(
     input=("input_tokens",),
@@ -35,6 +42,89 @@ RESPONSES_USAGE = UsageFields(
     reasoning=("output_tokens_details", "reasoning_tokens"),
 )
 EMBEDDINGS_USAGE = UsageFields(input=("prompt_tokens",), output=("completion_tokens",))
+IMAGES_USAGE = UsageFields(
+    input=("input_tokens",),
+    output=("output_tokens",),
+    cache_read=("input_tokens_details", "cached_tokens"),
+    input_image=("input_tokens_details", "image_tokens"),
+    output_image=("output_tokens_details", "image_tokens"),
+)
+SPEECH_USAGE = UsageFields(input=("input_tokens",), output=("output_tokens",))
+TRANSCRIPTION_USAGE = UsageFields(
+    input=("input_tokens",),
+    output=("output_tokens",),
+    input_audio=("input_token_details", "audio_tokens"),
+)
+
+# OpenAI's table of the output tokens of one gpt-image image, by quality and size.
+IMAGE_OUTPUT_TOKENS: Mapping[str, Mapping[str, int]] = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+PARTIAL_IMAGE_TOKENS = 100  # each streamed partial image adds 100 output image tokens (OpenAI's docs)
+AUDIO_TOKENS_PER_SECOND = 20
+"""Audio tokens one second of audio can be billed as: OpenAI documents 1 token per 100 ms of input
+audio and 1 per 50 ms of output audio; the denser of the two bounds a transcription's input."""
+TRANSCRIPTION_MAX_OUTPUT_TOKENS = 2_000  # gpt-4o-transcribe / -mini-transcribe's documented max output
+PER_CHARACTER_SPEECH = "tts-1"
+"""OpenAI's speech models billed per input character (tts-1, tts-1-hd); the others bill tokens."""
+SPEECH_AUDIO_TOKENS_PER_CHARACTER = 6
+"""A guess, not a proof, of the audio tokens a token-billed speech model speaks per character:
+about 15 characters a second at 20 tokens a second, times 4 for the slowest ``speed`` (0.25). A
+model may pause as long as it likes, so strict estimation refuses these calls."""
+
+
+def _count(value: Any, default: int) -> int | None:
+    """A request's count field (``n``, ``partial_images``): absent is the default; not a whole
+    non-negative number, None (the request cannot be bounded)."""
+    if value is None:
+        return default
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def image_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
+    """gpt-image output: each of ``n`` images at the table's tokens for its quality and size
+    (``auto`` or an unlisted quality: the dearest), plus its streamed partial images; input images
+    (edits: files or ``images``, and the mask) counted as images. A size outside the table is
+    bounded by the table's dearest entry, unproven."""
+    n, partial = _count(body.get("n"), 1), _count(body.get("partial_images"), 0)
+    if n is None or partial is None:
+        return None
+    quality, size = str(body.get("quality")), str(body.get("size"))
+    rows = [IMAGE_OUTPUT_TOKENS[quality]] if quality in IMAGE_OUTPUT_TOKENS else list(IMAGE_OUTPUT_TOKENS.values())
+    listed = size in rows[0]
+    per_image = max(row[size] if listed else max(row.values()) for row in rows)
+    images = len(list(request_files(files, "image"))) + len(list(request_files(files, "mask")))
+    listed_images = body.get("images")
+    images += len(listed_images) if isinstance(listed_images, list) else 0
+    unproven = None if listed or body.get("size") in (None, "auto") else \
+        f"an image of size {size!r} (not in OpenAI's token table)"
+    return MediaBound(images=images, output_tokens=n * (per_image + partial * PARTIAL_IMAGE_TOKENS), unproven=unproven)
+
+
+def speech_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
+    """tts-1 models: exactly the characters of ``input``; token-billed models: a guess of the audio."""
+    text = body.get("input")
+    if not isinstance(text, str):
+        return None
+    if str(body.get("model")).startswith(PER_CHARACTER_SPEECH):
+        return MediaBound(characters=len(text))
+    return MediaBound(output_tokens=len(text) * SPEECH_AUDIO_TOKENS_PER_CHARACTER,
+                      unproven="the length of the audio a token-billed speech model speaks")
+
+
+def transcription_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
+    """The one audio ``file``'s duration: billed as seconds (whisper-1) or as audio tokens at
+    :data:`AUDIO_TOKENS_PER_SECOND` (gpt-4o-transcribe), with the model's most output text."""
+    contents = list(request_files(files, "file"))
+    head = read_head(contents[0]) if len(contents) == 1 else None
+    if head is None:
+        return None
+    length = audio_length(*head)
+    return MediaBound(input_tokens=length.seconds * AUDIO_TOKENS_PER_SECOND, audio_seconds=length.seconds,
+                      output_tokens=TRANSCRIPTION_MAX_OUTPUT_TOKENS,
+                      unproven=None if length.proven else "the duration of an audio file in a format not read")
 
 ENDPOINTS: Mapping[str, Endpoint] = {
     "/chat/completions": Endpoint(
@@ -67,6 +157,26 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         item_field="input",
         produces_output=False,
     ),
+    "/images/generations": Endpoint(
+        operation="generate_content", input_fields=("prompt",), item_field=None, produces_output=False,
+        media=image_media,
+    ),
+    "/images/edits": Endpoint(
+        operation="generate_content", input_fields=("prompt",), item_field=None, produces_output=False,
+        media=image_media,
+    ),
+    "/audio/speech": Endpoint(
+        operation="generate_content", input_fields=("input", "instructions"), item_field=None,
+        produces_output=False, media=speech_media,
+    ),
+    "/audio/transcriptions": Endpoint(
+        operation="generate_content", input_fields=("prompt",), item_field=None, produces_output=False,
+        media=transcription_media,
+    ),
+    "/audio/translations": Endpoint(
+        operation="generate_content", input_fields=("prompt",), item_field=None, produces_output=False,
+        media=transcription_media,
+    ),
 }
 
 
@@ -92,7 +202,7 @@ FREE = (
 # Paid POSTs the guard cannot price yet: unknown endpoints, refused in enforce mode unless
 # ``unknown_endpoint: allow``. Listed so that the README can say so and a test can tell a new one.
 REFUSED = (
-    "/images/**", "/audio/speech", "/audio/transcriptions", "/audio/translations", "/audio/voices",
+    "/images/variations", "/audio/voices",
     "/batches", "/fine_tuning/jobs", "/fine_tuning/jobs/*/resume", "/fine_tuning/alpha/**",
     "/threads/runs", "/threads/*/runs", "/threads/*/runs/*", "/threads/*/runs/*/submit_tool_outputs",
     "/videos/**", "/vector_stores/*/files/**", "/vector_stores/*/file_batches", "/containers/**",
@@ -139,11 +249,13 @@ class _Reader:
         info = self.info
         info.response_model = get_path(obj, ("model",)) or info.response_model
         info.response_id = get_path(obj, ("id",)) or info.response_id
-        info.service_tier = reported_tier(get_path(obj, ("service_tier",))) or info.service_tier
         usage = get_path(obj, ("usage",))
         if usage is not None:
-            info.usage = self.usage_fields.read(usage)
+            info.usage = self._usage(usage)
             info.provider_cost_nano = provider_cost_nano(usage)
+
+    def _usage(self, usage: Any) -> TokenUsage | None:
+        return self.usage_fields.read(usage)
 
 
 class ChoicesReader(_Reader):
@@ -222,6 +334,67 @@ class EmbeddingsReader(_Reader):
         return False
 
 
+class ImagesReader(EmbeddingsReader):
+    """Images: usage in the body, or in a stream's ``image_generation.completed`` /
+    ``image_edit.completed`` event. Output tokens not itemised are image tokens."""
+
+    usage_fields = IMAGES_USAGE
+
+    def _usage(self, usage: Any) -> TokenUsage | None:
+        read = super()._usage(usage)
+        if read is None or get_path(usage, ("output_tokens_details",)) is not None:
+            return read
+        return replace(read, output_image_tokens=read.output_tokens - read.reasoning_tokens)
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        if str(data.get("type", "")).endswith(".completed"):
+            self.on_body(data)
+        return False
+
+
+class SpeechReader(EmbeddingsReader):
+    """Speech answers with audio and no usage: a per-character model's usage is its characters,
+    known before the call; a token model reports usage only in a stream's ``speech.audio.done``."""
+
+    usage_fields = SPEECH_USAGE
+
+    def __init__(self, characters: int | None) -> None:
+        super().__init__()
+        if characters is not None:
+            self.info.usage = TokenUsage(input_tokens=0, output_tokens=0, input_characters=characters)
+        self.complete = True
+
+    def on_body(self, body: Any) -> None:
+        """The audio itself: nothing to read."""
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        if data.get("type") == "speech.audio.done":
+            self._read(data)
+        return False
+
+
+class TranscriptionReader(EmbeddingsReader):
+    """Transcriptions and translations: ``usage`` of ``type: tokens`` or ``type: duration``
+    (seconds, billed whole), in the body or a stream's ``transcript.text.done``; a text format
+    carries none."""
+
+    usage_fields = TRANSCRIPTION_USAGE
+
+    def _usage(self, usage: Any) -> TokenUsage | None:
+        if get_path(usage, ("type",)) != "duration":
+            return super()._usage(usage)
+        seconds = get_path(usage, ("seconds",))
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float, Decimal)) \
+                or not 0 <= seconds <= MAX_TOKENS:
+            raise MalformedResponse("usage.seconds is not a duration")
+        return TokenUsage(input_tokens=0, output_tokens=0, input_audio_seconds=math.ceil(seconds))
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        if data.get("type") == "transcript.text.done":
+            self.on_body(data)
+        return False
+
+
 def _openai_unseen(part: Mapping[str, Any]) -> str | None:
     if part.get("type") in ("input_file", "file") or "file_id" in part or "file_url" in part:
         return "a file by reference"
@@ -244,6 +417,19 @@ class OpenAIAdapter(StainlessAdapter):
 
     def is_image(self, part: Mapping[str, Any]) -> bool:
         return part.get("type") in ("image_url", "input_image", "image_file")
+
+    def part_tokens(self, part: Mapping[str, Any]) -> int | None:
+        """A chat ``input_audio`` part (base64 WAV or MP3) whose duration its header proves: its
+        audio tokens at :data:`AUDIO_TOKENS_PER_SECOND`; any other audio stays bounded by its bytes."""
+        data = get_path(part, ("input_audio", "data")) if part.get("type") == "input_audio" else None
+        if not isinstance(data, str):
+            return None
+        try:
+            audio = base64.b64decode(data, validate=True)
+        except ValueError:
+            return None
+        length = audio_length(audio[:HEAD_BYTES], len(audio))
+        return length.seconds * AUDIO_TOKENS_PER_SECOND if length.proven else None
 
     def unseen_input(self, body: Mapping[str, Any]) -> str | None:
         """Earlier turns (``previous_response_id``, ``conversation``), a stored prompt, or a file by id
@@ -287,6 +473,13 @@ class OpenAIAdapter(StainlessAdapter):
             return ResponsesReader()
         if prepared.path == "/embeddings":
             return EmbeddingsReader()
+        if prepared.path.startswith("/images/"):
+            return ImagesReader()
+        if prepared.path == "/audio/speech":
+            per_character = prepared.request.model.startswith(PER_CHARACTER_SPEECH)
+            return SpeechReader(prepared.request.input_characters if per_character else None)
+        if prepared.path.startswith("/audio/"):
+            return TranscriptionReader()
         return ChoicesReader(hide_stream_usage)
 
     def credit_remaining_nano(self, client: Any) -> int | None:

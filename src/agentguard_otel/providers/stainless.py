@@ -37,8 +37,8 @@ from agentguard_otel.providers.base import (
     matches,
     measure_input,
     normalise_path,
-    requested_tier,
 )
+from agentguard_otel.providers.media import MediaBound
 from agentguard_otel.providers.stream import (
     BodyObserver,
     BodyReader,
@@ -66,6 +66,9 @@ class Endpoint:
     # Other models that may answer instead: entries are model names (OpenRouter ``models``) or objects
     # with a ``model`` and optionally their own output limit (Anthropic ``fallbacks``).
     fallback_models_field: str | None = None
+    # The bound of the media the request carries or asks for (files, characters, images), from its
+    # body and multipart files; None from it: the request cannot be bounded (an unknown request).
+    media: Callable[[Mapping[str, Any], Any], MediaBound | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,11 @@ class StainlessAdapter(ABC):
 
     def unseen_input(self, body: Mapping[str, Any]) -> str | None:
         """What the provider bills as input that the body does not carry (None: all of it is here)."""
+        return None
+
+    def part_tokens(self, part: Mapping[str, Any]) -> int | None:
+        """The input tokens of a part the adapter bounds itself (audio by its duration), or None:
+        measured by its bytes like the rest."""
         return None
 
     def input_overhead_tokens(self, body: Mapping[str, Any]) -> int:
@@ -224,18 +232,21 @@ def route(adapter: StainlessAdapter, method: str, path: str, root: str) -> tuple
 
 
 def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint], body: dict[str, Any],
-             stream: bool, timeout_seconds: float | None) -> Prepared | None:
-    """The LLM request a JSON body makes at an endpoint, or None when it names no model; ``client``
-    is what the adapter reads of the sender (its ``base_url``): an SDK client, or a raw request's origin."""
+             stream: bool, timeout_seconds: float | None, files: Any = None) -> Prepared | None:
+    """The LLM request a JSON body (and a multipart request's ``files``) makes at an endpoint, or
+    None when it names no model or its media cannot be bounded; ``client`` is what the adapter reads
+    of the sender (its ``base_url``): an SDK client, or a raw request's origin."""
     path, endpoint = target
     model = body.get("model")
-    if not isinstance(model, str):
+    media = endpoint.media(body, files) if endpoint.media else MediaBound()
+    if not isinstance(model, str) or media is None:
         return None
     measure = InputMeasure()
     for name in endpoint.input_fields:
         if name in body:
-            part = measure_input(body[name], adapter.is_image)
-            measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images)
+            part = measure_input(body[name], adapter.is_image, adapter.part_tokens)
+            measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images,
+                                   measure.tokens + part.tokens)
     items = body.get(endpoint.item_field) if endpoint.item_field else None
     # Where several limit fields are set, the provider may honour any: the bound takes the largest.
     asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int) and not isinstance(v, bool)]
@@ -259,7 +270,7 @@ def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint
         stream=stream or body.get("stream") is True,
         input_bytes=measure.bytes,
         input_items=len(items) if isinstance(items, list) else 1,
-        input_images=measure.images,
+        input_images=measure.images + media.images,
         max_output_tokens=max_output,
         output_multiplier=multiplier,
         produces_output=endpoint.produces_output,
@@ -270,8 +281,13 @@ def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint
         deployment=adapter.deployment(client, body),
         unseen_input=adapter.unseen_input(body),
         traced=adapter.traced(client),
-        service_tier=requested_tier(body.get("service_tier")),
-        input_overhead_tokens=adapter.input_overhead_tokens(body),
+        service_tier=tier if isinstance(tier := body.get("service_tier"), str) and tier not in _DEFAULT_TIERS
+        else None,
+        input_overhead_tokens=adapter.input_overhead_tokens(body) + media.input_tokens + measure.tokens,
+        input_characters=media.characters,
+        input_audio_seconds=media.audio_seconds,
+        fixed_output_tokens=media.output_tokens,
+        unproven_bound=media.unproven,
     )
     return Prepared(request, endpoint, path, body)
 
@@ -353,7 +369,8 @@ class StainlessHook:
         body = _body(options)
         if body is None:
             return None
-        return describe(self.adapter, client, route, body, stream, _timeout_seconds(client, options))
+        return describe(self.adapter, client, route, body, stream, _timeout_seconds(client, options),
+                        getattr(options, "files", None))
 
     def _rewrite(self, client: Any, options: Any, prepared: Prepared, changes: RequestChanges) -> tuple[Any, bool]:
         """A copy of the options with the guard's changes applied (the caller's stay untouched),
@@ -459,6 +476,7 @@ def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 _BODY_FIELDS = ("json_data", "extra_json")
+_DEFAULT_TIERS = frozenset({"auto", "default", "standard", "standard_only"})  # the standard price applies
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads and deletions bill no tokens
 
 
