@@ -112,3 +112,13 @@ def test_money_is_kept_as_written_and_limits_round_down(data: dict[str, Any]) ->
         for cap, raw_cap in zip(rule.caps, raw["caps"], strict=True):
             assert str(cap.limit_usd) == str(raw_cap["limit_usd"])
             assert cap.limit_nano <= cap.limit_usd * 10**9 < cap.limit_nano + 1
+
+
+@given(st.dictionaries(st.sampled_from(SCOPE_FIELDS), st.text(min_size=1, max_size=8)))
+def test_a_scope_reads_back_every_field_it_holds_and_only_those(values: dict[str, str]) -> None:
+    from dataclasses import fields
+
+    from agentguard_otel.scope import Scope
+
+    assert tuple(f.name for f in fields(Scope)) == SCOPE_FIELDS
+    assert Scope(**values).as_dict() == {name: values.get(name) for name in SCOPE_FIELDS}
