@@ -17,6 +17,10 @@ from agentguard_otel.pricing import ModelPrice, TokenUsage
 Action = Literal["allow", "downgrade", "block", "shadow"]
 
 
+AUTO_TIER = "auto"
+STANDARD_TIER = "standard"
+
+
 class MalformedResponse(ValueError):
     """A response's usage or cost cannot be trusted (negative, non-numeric, inconsistent, absurd)."""
 
@@ -61,7 +65,9 @@ class LLMRequest:
     # Why the request's output limit cannot be read (a model family whose body the adapter does not
     # know): strict estimation refuses it rather than assume a default. None: the limit is known.
     unknown_output_limit: str | None = None
-    service_tier: str | None = None  # a processing tier the call asks for (priority, flex...): priced as such
+    # A processing tier the call asks for (priority, flex...): priced as such. AUTO_TIER: the provider
+    # picks (a project's default may be dearer): strict estimation reserves the dearest tier there is.
+    service_tier: str | None = None
     traced: bool = True  # False when the client's own tracing is switched off: the guard records no span either
 
 
@@ -100,6 +106,7 @@ class ResponseInfo:
     output_bytes: int = 0  # text seen so far: bounds the output of a stream cut short
     problem: str | None = None  # why the usage cannot be trusted (then the reservation is settled)
     deferred: bool = False  # the provider accepted the work and reports its usage later (background)
+    service_tier: str | None = None  # the tier the provider says it processed the call at (STANDARD_TIER: its default)
 
 
 @dataclass(frozen=True)
@@ -145,5 +152,5 @@ class Decision:
     caps: tuple[CapRef, ...] = ()  # every cap that applied, to read the budget at settlement
 
 
-__all__ = ["Action", "CapRef", "Decision", "LLMRequest", "MalformedResponse", "RequestChanges", "ResponseInfo",
-           "Unchangeable", "UnknownEndpoint"]
+__all__ = ["AUTO_TIER", "STANDARD_TIER", "Action", "CapRef", "Decision", "LLMRequest", "MalformedResponse",
+           "RequestChanges", "ResponseInfo", "Unchangeable", "UnknownEndpoint"]

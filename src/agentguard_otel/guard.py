@@ -9,6 +9,7 @@ its reservation, marked degraded.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -21,6 +22,8 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agentguard_otel.call import (
+    AUTO_TIER,
+    STANDARD_TIER,
     Action,
     CapRef,
     Decision,
@@ -470,8 +473,15 @@ class Guard:
             return _Outcome("block", f"unknown model {', '.join(names)} has no price (unknown_model: block)")
         return None
 
+    def _tier(self, request: LLMRequest) -> str | None:
+        """The tier a call is priced at before it is sent: the one it asks for; for ``auto``, the
+        dearest there is in strict estimation (an unknown tier is priced so) and standard otherwise."""
+        if request.service_tier == AUTO_TIER and self.policy.estimation != "strict":
+            return None
+        return request.service_tier
+
     def _price(self, request: LLMRequest, model: str) -> tuple[ModelPrice, bool]:
-        price = self.prices.lookup(request.price_provider, model, request.service_tier)
+        price = self.prices.lookup(request.price_provider, model, self._tier(request))
         if price is not None:
             return price, False
         fallback = self.policy.unknown_model_price
@@ -580,7 +590,9 @@ class GuardedCall:
         self.decision_hash = str(receipt["hash"]) if receipt else None
         self.span = span
         self.started = time.monotonic()
-        self._last_renew = self.started
+        # A long stream renews its hold a quarter of the hold's lifetime after the last renewal.
+        self._ttl = Guard._ttl(request)
+        self._renew_at = math.inf if decision.hold_id is None else self.started + self._ttl / 4
         self._done = False
         self._lock = threading.Lock()
         self._settled: tuple[int, str | None] = (0, None)  # a deferred call's (amount, receipt hash)
@@ -591,14 +603,13 @@ class GuardedCall:
 
     def keepalive(self) -> None:
         """A long stream renews its hold so it does not expire while chunks flow."""
-        hold = self.decision.hold_id
         now = time.monotonic()
-        ttl = Guard._ttl(self.request)
-        if hold is None or now - self._last_renew < ttl / 4:
+        hold = self.decision.hold_id
+        if now < self._renew_at or hold is None:  # the common case, once per chunk: nothing to do
             return
-        self._last_renew = now
+        self._renew_at = now + self._ttl / 4
         try:
-            self.guard.ledger.renew(hold, ttl)
+            self.guard.ledger.renew(hold, self._ttl)
         except Exception as exc:
             logger.warning("agentguard: could not renew hold %s: %s", hold, type(exc).__name__)
 
@@ -768,9 +779,12 @@ class GuardedCall:
         if info.provider_cost_nano is not None:
             return info.provider_cost_nano, "provider"
         price = self.decision.price
-        if info.response_model and info.response_model != self.decision.model_effective:
-            price = guard.prices.lookup(self.request.price_provider, info.response_model,
-                                        self.request.service_tier) or price
+        # priced as the model that answered, at the tier the provider reports (else the one reserved at)
+        model = info.response_model or self.decision.model_effective
+        tier = guard._tier(self.request) if info.service_tier is None else (
+            None if info.service_tier == STANDARD_TIER else info.service_tier)
+        if model != self.decision.model_effective or tier != guard._tier(self.request):
+            price = guard.prices.lookup(self.request.price_provider, model, tier) or price
         if info.usage is not None:
             return guard.prices.actual_cost_nano(price, info.usage), "estimated" if outcome == "abandoned" else "local"
         if outcome == "abandoned":

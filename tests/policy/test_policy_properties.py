@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentguard_otel.policy import load_policy
-from agentguard_otel.scope import CAPABILITY_LEVELS, SCOPE_FIELDS
+from agentguard_otel.scope import CAPABILITY_LEVELS, SCOPE_FIELDS, Scope
 
 WINDOWS = ["call", "minute", "hour", "day", "week", "month"]
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_./:", min_size=1, max_size=12)
@@ -116,9 +117,5 @@ def test_money_is_kept_as_written_and_limits_round_down(data: dict[str, Any]) ->
 
 @given(st.dictionaries(st.sampled_from(SCOPE_FIELDS), st.text(min_size=1, max_size=8)))
 def test_a_scope_reads_back_every_field_it_holds_and_only_those(values: dict[str, str]) -> None:
-    from dataclasses import fields
-
-    from agentguard_otel.scope import Scope
-
     assert tuple(f.name for f in fields(Scope)) == SCOPE_FIELDS
     assert Scope(**values).as_dict() == {name: values.get(name) for name in SCOPE_FIELDS}

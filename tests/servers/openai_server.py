@@ -40,6 +40,8 @@ even when ``stream_options.include_usage`` asked for it), and of a Response (bod
 the other stream events stay. ``call_tool_next(name, arguments)`` makes the next Response a call
 of that function tool instead of a message (its ``response.function_call_arguments`` events when
 streamed), billed as the message would have been: an agent's tool turn, then its answer.
+Chat completions and Responses report ``service_tier``: the one asked for, or for ``auto`` (or
+none) the project's (:meth:`LocalOpenAIServer.set_project_tier`, ``default`` unless set).
 ``bill_with`` replaces the prompt and completion token counts (no reasoning or cached tokens; the
 reply has one word per billed output token).
 """
@@ -223,6 +225,7 @@ class LocalOpenAIServer(LocalServer):
         self._credit_remaining_usd: str | None = None  # OpenRouter /key: None means no limit on the key
         self._background: dict[str, JSONObject] = {}  # background responses by id, as finished
         self._answer_as: str | None = None
+        self.project_tier = "default"
         self._tool_calls: deque[tuple[str, str]] = deque()  # (name, arguments) the next Responses call
         self._endpoints: dict[str, Endpoint] = {
             "chat/completions": self._chat,
@@ -292,6 +295,7 @@ class LocalOpenAIServer(LocalServer):
 
     def reset(self) -> None:
         super().reset()
+        self.project_tier = "default"
         with self._lock:
             self._tool_calls.clear()
 
@@ -303,6 +307,15 @@ class LocalOpenAIServer(LocalServer):
             return {"id": item_id, "type": "function_call", "status": "completed", "call_id": self.next_id("call_"),
                     "name": tool[0], "arguments": tool[1]}
         return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [_text_part(text)]}
+
+    def set_project_tier(self, tier: str) -> None:
+        """The tier a request asking for ``auto`` (or for none) is processed at, as a project's
+        default tier decides (until :meth:`reset`); the reply reports it as ``service_tier``."""
+        self.project_tier = tier
+
+    def _tier(self, body: Mapping[str, Any]) -> str:
+        asked = body.get("service_tier")
+        return asked if isinstance(asked, str) and asked != "auto" else self.project_tier
 
     def answer_as(self, model: str | None) -> None:
         """Answer every request as ``model``, whatever was asked (a provider routing elsewhere)."""
@@ -407,6 +420,7 @@ class LocalOpenAIServer(LocalServer):
         base = {
             **self._envelope("chatcmpl-", "chat.completion", done.model),
             "system_fingerprint": "fp_agentguard",
+            "service_tier": self._tier(body),
         }
         if not body.get("stream"):
             message: JSONObject = {
@@ -523,6 +537,7 @@ class LocalOpenAIServer(LocalServer):
                 "instructions": instructions,
                 "max_output_tokens": body.get("max_output_tokens"),
                 "model": done.model,
+                "service_tier": self._tier(body),
                 "output": output,
                 "parallel_tool_calls": True,
                 "previous_response_id": None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from agentguard_otel.call import MalformedResponse
+from agentguard_otel.call import AUTO_TIER, STANDARD_TIER, MalformedResponse
 from agentguard_otel.pricing import TokenUsage
 
 Path = tuple[str, ...]
@@ -199,3 +199,20 @@ def measure_input(value: Any, is_image: Callable[[Mapping[str, Any]], bool],
         elif item is not None:
             total += len(str(item))
     return InputMeasure(bytes=total, images=images, tokens=tokens)
+
+
+_STANDARD_TIERS = frozenset({"default", STANDARD_TIER, "standard_only"})  # names of a provider's default tier
+
+
+def requested_tier(value: Any) -> str | None:
+    """The service tier a request asks for: None for the standard one (or none given), else its
+    name (``auto``: whichever the provider picks)."""
+    return value if isinstance(value, str) and value not in _STANDARD_TIERS else None
+
+
+def reported_tier(value: Any) -> str | None:
+    """The tier a response says the call was processed at: STANDARD_TIER for the default one,
+    None when it says nothing (or only ``auto``)."""
+    if not isinstance(value, str) or value == AUTO_TIER:
+        return None
+    return STANDARD_TIER if value in _STANDARD_TIERS else value

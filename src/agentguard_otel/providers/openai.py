@@ -19,7 +19,7 @@ from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.money import usd_to_nano
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Hooks, Integration
-from agentguard_otel.providers.base import MAX_TOKENS, UsageFields, find_unseen, get_path
+from agentguard_otel.providers.base import MAX_TOKENS, UsageFields, find_unseen, get_path, reported_tier
 from agentguard_otel.providers.media import HEAD_BYTES, MediaBound, audio_length, read_head, request_files
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
@@ -249,6 +249,7 @@ class _Reader:
         info = self.info
         info.response_model = get_path(obj, ("model",)) or info.response_model
         info.response_id = get_path(obj, ("id",)) or info.response_id
+        info.service_tier = reported_tier(get_path(obj, ("service_tier",))) or info.service_tier
         usage = get_path(obj, ("usage",))
         if usage is not None:
             info.usage = self._usage(usage)

@@ -37,6 +37,7 @@ from agentguard_otel.providers.base import (
     matches,
     measure_input,
     normalise_path,
+    requested_tier,
 )
 from agentguard_otel.providers.media import MediaBound
 from agentguard_otel.providers.stream import (
@@ -281,8 +282,7 @@ def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint
         deployment=adapter.deployment(client, body),
         unseen_input=adapter.unseen_input(body),
         traced=adapter.traced(client),
-        service_tier=tier if isinstance(tier := body.get("service_tier"), str) and tier not in _DEFAULT_TIERS
-        else None,
+        service_tier=requested_tier(body.get("service_tier")),
         input_overhead_tokens=adapter.input_overhead_tokens(body) + media.input_tokens + measure.tokens,
         input_characters=media.characters,
         input_audio_seconds=media.audio_seconds,
@@ -476,7 +476,6 @@ def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 _BODY_FIELDS = ("json_data", "extra_json")
-_DEFAULT_TIERS = frozenset({"auto", "default", "standard", "standard_only"})  # the standard price applies
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads and deletions bill no tokens
 
 
