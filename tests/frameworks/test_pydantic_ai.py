@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelResponse, ToolReturnPart
 from pydantic_ai.models import Model
 from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
@@ -40,6 +41,7 @@ from tests.frameworks.support import (
 
 PROMPT = "Review this diff, please."
 NANO_PER_USD = Decimal(10**9)
+DIFF = "+ print('hello')"
 # Leaving run_stream early: the model's stream is abandoned, or was already read to its end (the
 # run reads it in a task of its own, ahead of the caller): settled either way, nothing held.
 LEFT_EARLY = ("abandoned", "ok")
@@ -105,6 +107,39 @@ def test_run_stream_settles_exactly(backend: Backend, run: Run[Any], guarded: Gu
     assert [r["stream"] for r in receipts(handle, "decision")] == [True]
     assert_settled(handle, backend.server, [tokens(usage)])
     assert_costs_match(handle, [usage])
+    assert_one_span_per_call(otel, handle)
+
+
+@pytest.mark.parametrize("backend", ["chat", "responses"], indirect=True)
+@pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_stream"])
+def test_a_tool_call_run_is_two_guarded_requests(backend: Backend, streamed: bool, run: Run[Any],
+                                                 guarded: GuardFactory, otel: Telemetry) -> None:
+    """The model calls the agent's tool, pydantic-ai runs it and sends its result back: both model
+    requests are decided, sent and settled exactly."""
+    handle = guarded(policy("1"))
+
+    @backend.agent.tool_plain
+    def read_diff(path: str) -> str:
+        """The diff of one file."""
+        return f"{path}: {DIFF}"
+
+    backend.server.call_tool_next("read_diff", '{"path": "app.py"}')
+
+    async def streamed_run() -> tuple[str, list[ModelMessage]]:
+        async with backend.agent.run_stream(PROMPT) as result:
+            return await result.get_output(), result.all_messages()
+
+    async def plain_run() -> tuple[str, list[ModelMessage]]:
+        result = await backend.agent.run(PROMPT)
+        return result.output, result.all_messages()
+
+    output, messages = run(streamed_run() if streamed else plain_run())
+    assert output
+    returns = [p for m in messages for p in m.parts if isinstance(p, ToolReturnPart)]
+    assert [r.content for r in returns] == [f"app.py: {DIFF}"]
+    responses = [m for m in messages if isinstance(m, ModelResponse)]
+    assert [r["stream"] for r in receipts(handle, "decision")] == [streamed] * 2
+    assert_settled(handle, backend.server, [(r.usage.input_tokens, r.usage.output_tokens) for r in responses])
     assert_one_span_per_call(otel, handle)
 
 

@@ -37,9 +37,10 @@ Controls (see :mod:`tests.servers.base`): ``fail_next`` answers ``{"error": {"me
 embeddings body, of a stream's final usage chunk (with :data:`OMIT_USAGE` that chunk is not sent,
 even when ``stream_options.include_usage`` asked for it), and of a Response (body, and the
 ``response.completed`` / ``response.incomplete`` event); the usage-less ``usage: null`` fields of
-the other stream events stay. ``call_tool_next(name, arguments)`` makes the next Response a call
-of that function tool instead of a message (its ``response.function_call_arguments`` events when
-streamed), billed as the message would have been: an agent's tool turn, then its answer.
+the other stream events stay. ``call_tool_next(name, arguments)`` makes the next Response or chat
+completion a call of that function tool instead of a message (a Response's
+``response.function_call_arguments`` events, a chat stream's ``tool_calls`` deltas, finish reason
+``tool_calls``), billed as the message would have been: an agent's tool turn, then its answer.
 Chat completions and Responses report ``service_tier``: the one asked for, or for ``auto`` (or
 none) the project's (:meth:`LocalOpenAIServer.set_project_tier`, ``default`` unless set).
 ``bill_with`` replaces the prompt and completion token counts (no reasoning or cached tokens; the
@@ -289,7 +290,7 @@ class LocalOpenAIServer(LocalServer):
     # the fake model -----------------------------------------------------------------------------
 
     def call_tool_next(self, name: str, arguments: str = "{}") -> None:
-        """Answer the next Responses request with a call of function tool ``name`` (JSON ``arguments``)."""
+        """Answer the next Responses or chat request with a call of function tool ``name`` (JSON ``arguments``)."""
         with self._lock:
             self._tool_calls.append((name, arguments))
 
@@ -299,13 +300,20 @@ class LocalOpenAIServer(LocalServer):
         with self._lock:
             self._tool_calls.clear()
 
-    def _output_item(self, item_id: str, status: str, text: str) -> JSONObject:
-        """The Response's output: the pending tool call, else the message of ``text``."""
+    def _take_tool_call(self) -> JSONObject | None:
+        """The pending ``call_tool_next``, if any, as the chat API's ``tool_calls`` entry."""
         with self._lock:
             tool = self._tool_calls.popleft() if self._tool_calls else None
+        if tool is None:
+            return None
+        return {"id": self.next_id("call_"), "type": "function", "function": {"name": tool[0], "arguments": tool[1]}}
+
+    def _output_item(self, item_id: str, status: str, text: str) -> JSONObject:
+        """The Response's output: the pending tool call, else the message of ``text``."""
+        tool = self._take_tool_call()
         if tool is not None:
-            return {"id": item_id, "type": "function_call", "status": "completed", "call_id": self.next_id("call_"),
-                    "name": tool[0], "arguments": tool[1]}
+            return {"id": item_id, "type": "function_call", "status": "completed", "call_id": tool["id"],
+                    **tool["function"]}
         return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [_text_part(text)]}
 
     def set_project_tier(self, tier: str) -> None:
@@ -416,7 +424,8 @@ class LocalOpenAIServer(LocalServer):
             _max_tokens(body, "max_completion_tokens", "max_tokens"),
             _wants_json(body.get("response_format")),
         )
-        finish = "length" if done.truncated else "stop"
+        tool = self._take_tool_call()
+        finish = "tool_calls" if tool else "length" if done.truncated else "stop"
         base = {
             **self._envelope("chatcmpl-", "chat.completion", done.model),
             "system_fingerprint": "fp_agentguard",
@@ -425,9 +434,10 @@ class LocalOpenAIServer(LocalServer):
         if not body.get("stream"):
             message: JSONObject = {
                 "role": "assistant",
-                "content": done.text,
+                "content": None if tool else done.text,
                 "refusal": None,
                 "annotations": [],
+                **({"tool_calls": [tool]} if tool else {}),
             }
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             return Reply(200, {**base, "choices": [choice], "usage": self.take_usage()(self._usage(done))})
@@ -438,8 +448,13 @@ class LocalOpenAIServer(LocalServer):
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return {**base, "choices": [choice], **({"usage": None} if include_usage else {})}
 
-        chunks = [chunk({"role": "assistant", "content": ""})]
-        chunks += [chunk({"content": piece}) for piece in done.pieces]
+        if tool:
+            opened = {**tool, "index": 0, "function": {**tool["function"], "arguments": ""}}
+            chunks = [chunk({"role": "assistant", "content": None, "tool_calls": [opened]}),
+                      chunk({"tool_calls": [{"index": 0, "function": {"arguments": tool["function"]["arguments"]}}]})]
+        else:
+            chunks = [chunk({"role": "assistant", "content": ""})]
+            chunks += [chunk({"content": piece}) for piece in done.pieces]
         chunks.append(chunk({}, finish))
         return Reply.stream(_sse_data(chunks + self._usage_chunks(base, done, include_usage)))
 
