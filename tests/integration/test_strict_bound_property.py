@@ -250,8 +250,11 @@ def anthropic_bodies(draw: st.DrawFn, *, converse_tools: bool = False) -> JSONOb
                                                           texts.filter(bool))))
     tools = draw(st.lists(st.builds(lambda n, d, p: {"name": n, "description": d, "input_schema": p},
                                     names, texts, schemas), max_size=3))
-    if draw(st.booleans()):
-        tools.append({"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"})
+    tools += draw(st.lists(st.sampled_from([
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "computer_20250124", "name": "computer", "display_width_px": 1024, "display_height_px": 768}]),
+        max_size=3, unique_by=lambda tool: tool["name"]))
     if tools:
         body["tools"] = tools
     if draw(st.booleans()):
@@ -387,3 +390,19 @@ def test_regression_claude_on_bedrock_with_tools_reserves_the_tool_use_prompt(bi
                         "inputSchema": {"json": {"type": "object", "properties": {}, "required": []}}}}]})
     _check(g, billing["bedrock"], "aws", model, 0)
     assert billing["bedrock"].bills[0].input_tokens > 346  # the documented prompt is in the bill
+
+
+def test_regression_anthropic_builtin_tools_reserve_their_documented_definitions(billing: dict[str, Billing],
+                                                                                 guarded: GuardFactory) -> None:
+    """The computer tool's definition and system prompt (735 + 499 tokens, which the body only
+    names) are beyond the tool-use prompt's margin: they are in the bound too (shown on Bedrock,
+    where Claude's dearest input rate is closest to its plain one)."""
+    g = guarded(STRICT, ledger="memory://")
+    client = _bedrock_client(billing["bedrock"])
+    billing["bedrock"].bills.clear()
+    model = "anthropic.claude-3-5-sonnet-20241022-v2:0"
+    client.invoke_model(modelId=model, body=json.dumps({
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 1, "messages": [{"role": "user", "content": "0"}],
+        "tools": [{"type": "computer_20250124", "name": "computer", "display_width_px": 1024,
+                   "display_height_px": 768}]}))["body"].read()
+    _check(g, billing["bedrock"], "aws", model, 0)

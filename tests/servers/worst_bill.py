@@ -14,7 +14,8 @@ It is deliberately not a tokenizer. Every rule takes the most a provider's docum
   fitting the long edge into 1,568 px; an image whose size the server cannot read (a URL, an S3
   object) at the largest any size can have. A Nova video: 960 frames x 288 tokens.
 - Anthropic models: the tool-use system prompt (346 tokens, the largest documented) whenever tools
-  are given, plus the documented definitions of built-in tools (bash 245, text_editor 700); with
+  are given, plus the documented definitions of built-in tools (bash 245, text_editor 700,
+  computer 735 and its 499-token system prompt); with
   any ``cache_control`` the whole prompt is billed as cache writes (1-hour writes when any
   breakpoint asks for ``ttl: 1h``, the dearest input there is); on Bedrock also with a Converse
   ``cachePoint`` (Bedrock reports one kind of cache write: 1-hour ones are billed as that kind).
@@ -46,7 +47,7 @@ CLAUDE_LONG_EDGE = 1_568
 CLAUDE_PIXELS_PER_TOKEN = 750
 NOVA_VIDEO_TOKENS = 960 * 288  # Nova samples at most 960 frames of 672 x 672, 288 tokens each
 ANTHROPIC_TOOL_PROMPT = 346
-ANTHROPIC_BUILTIN_TOOLS = {"bash": 245, "text_editor": 700}
+ANTHROPIC_BUILTIN_TOOLS = {"bash": 245, "text_editor": 700, "computer": 735 + 499}
 UNLIMITED_OUTPUT = 128_000
 
 CONTROL = frozenset({

@@ -141,14 +141,29 @@ class MessagesReader:
 
 
 TOOL_USE_SYSTEM_PROMPT_TOKENS = 1024
+"""Bound of the tool-use system prompt a provider adds when tools are given: Anthropic documents
+at most 346 tokens (per model and ``tool_choice``); the bound keeps a margin above it."""
+
+BUILTIN_TOOL_TOKENS = {"computer_": 735 + 499, "text_editor_": 700, "bash_": 245}
+"""Input tokens Anthropic documents for each built-in client tool by type prefix: its definition
+(computer 735, text editor 700, bash 245), and for computer use its own system prompt (466-499)."""
+
+
+def tool_use_overhead_tokens(tools: Any) -> int:
+    """Tokens a provider adds for a request's tools: the tool-use system prompt and the definitions
+    of built-in tools, which the body names but does not carry (0 without tools)."""
+    if not isinstance(tools, list) or not tools:
+        return 0
+    kinds = [str(tool.get("type", "")) for tool in tools if isinstance(tool, Mapping)]
+    return TOOL_USE_SYSTEM_PROMPT_TOKENS + sum(tokens for kind in kinds for prefix, tokens in
+                                               BUILTIN_TOOL_TOKENS.items() if kind.startswith(prefix))
 
 
 def _anthropic_unseen(part: Mapping[str, Any]) -> str | None:
     kind = part.get("type")
     if kind in ("document", "container_upload", "search_result") or "file_id" in part:
         return f"a {kind or 'file'} block"
-    if isinstance(kind, str) and (kind.startswith(("web_search", "web_fetch", "code_execution")) or
-                                  kind in ("bash_20250124", "computer_20250124")):
+    if isinstance(kind, str) and kind.startswith(("web_search", "web_fetch", "code_execution")):
         return f"the {kind} server tool's results"
     return None
 
@@ -191,9 +206,7 @@ class AnthropicAdapter(StainlessAdapter):
         return find_unseen([body.get("messages"), body.get("tools")], _anthropic_unseen)
 
     def input_overhead_tokens(self, body: Mapping[str, Any]) -> int:
-        # Anthropic adds a tool-use system prompt when tools are given (documented per model, at most
-        # a few hundred tokens); the bound takes a margin above the largest documented figure.
-        return TOOL_USE_SYSTEM_PROMPT_TOKENS if body.get("tools") else 0
+        return tool_use_overhead_tokens(body.get("tools"))
 
     def prepare_body(self, data: Any) -> Any:
         # Recent SDKs pass the caller's arguments to ``request`` as given (omitted markers,

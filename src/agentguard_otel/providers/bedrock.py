@@ -32,7 +32,7 @@ from agentguard_otel.call import LLMRequest, MalformedResponse, RequestChanges, 
 from agentguard_otel.lifecycle import Settler, run
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Integration
-from agentguard_otel.providers.anthropic import TOOL_USE_SYSTEM_PROMPT_TOKENS
+from agentguard_otel.providers.anthropic import tool_use_overhead_tokens
 from agentguard_otel.providers.base import (
     InputMeasure,
     Path,
@@ -431,7 +431,7 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
         input_bytes=measure.bytes,
         input_items=items,
         input_images=measure.images - videos,
-        input_overhead_tokens=NOVA_VIDEO_TOKENS * videos + (TOOL_USE_SYSTEM_PROMPT_TOKENS if tools else 0),
+        input_overhead_tokens=NOVA_VIDEO_TOKENS * videos + tool_use_overhead_tokens(tools),
         max_output_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool)
         else family.default_max_output,
         server_address=host,
