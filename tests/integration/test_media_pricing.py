@@ -8,6 +8,7 @@ characters, per hour) as the bundled price data has them: USD x 1000 per token =
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import struct
@@ -20,6 +21,7 @@ import pytest
 
 from agentguard_otel import AgentGuardBlocked
 from tests.conftest import GuardFactory
+from tests.servers.base import OMIT_USAGE
 from tests.servers.openai_media import AUDIO_TOKENS_PER_SECOND, INPUT_IMAGE_TOKENS
 from tests.servers.openai_server import LocalOpenAIServer
 
@@ -283,3 +285,46 @@ def test_chat_input_audio_is_bounded_by_its_duration_not_its_bytes(guarded: Guar
     assert sixty - one == 59 * 20 * 32_000
     assert unread - one >= (len(base64.b64encode(bytes(range(256)) * 8)) - 20) * 32_000
     assert len(server.requests) == 3
+
+
+def test_an_image_reply_without_usage_settles_at_the_reservation(guarded: GuardFactory,
+                                                                 server: LocalOpenAIServer) -> None:
+    handle = guarded(CAP)
+    server.usage_next(OMIT_USAGE)
+    client(server).images.generate(model="gpt-image-1", prompt=PROMPT, size="1024x1024", quality="low")
+    decision, settlement = receipts(handle)
+    assert (settlement["actual_nano"], settlement["cost_source"]) == (decision["estimated_nano"], "estimated")
+
+
+def test_a_transcription_duration_that_is_not_one_settles_at_the_reservation(guarded: GuardFactory,
+                                                                             server: LocalOpenAIServer) -> None:
+    handle = guarded(CAP)
+    server.usage_next({"type": "duration", "seconds": -5})
+    client(server).audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(16_000 * 2)))
+    decision, settlement = receipts(handle)
+    assert (settlement["actual_nano"], settlement["problem"]) == (200_000, "usage.seconds is not a duration")
+    assert decision["estimated_nano"] == 200_000
+
+
+def test_async_transcription_of_a_file_on_disk(guarded: GuardFactory, server: LocalOpenAIServer,
+                                               tmp_path: Any) -> None:
+    handle = guarded(CAP)
+    path = tmp_path / "speech.wav"
+    path.write_bytes(wav(16_000 * 5))
+
+    async def transcribe() -> Any:
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test-secret", max_retries=0) as c:
+            return await c.audio.transcriptions.create(model="whisper-1", file=path)
+
+    assert asyncio.run(transcribe()).text
+    settled_exactly(handle, 500_000, input_audio_seconds=5)
+
+
+def test_shadow_mode_sends_an_unprovable_call_unchanged_and_records_the_refusal(guarded: GuardFactory,
+                                                                                server: LocalOpenAIServer) -> None:
+    handle = guarded(policy(mode="shadow"))
+    client(server).audio.speech.create(model="gpt-4o-mini-tts", input=SPOKEN, voice="alloy")
+    assert [r.path for r in server.requests] == ["/v1/audio/speech"]
+    decision, settlement = receipts(handle)
+    assert (decision["action"], decision["would"]) == ("shadow", "block")
+    assert settlement["actual_nano"] == decision["estimated_nano"] > 0
