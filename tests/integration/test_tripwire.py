@@ -7,6 +7,7 @@ unknown endpoints. The host names resolve to the local servers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,14 +22,20 @@ import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.eventstream import EventStreamBuffer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentguard_otel import AgentGuardBlocked
+from agentguard_otel.call import ResponseInfo
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers.bedrock import split_events
+from agentguard_otel.providers.raw import StainlessTarget, target
+from agentguard_otel.providers.stream import BodyObserver
 from tests.conftest import Guarded, GuardFactory, Telemetry
 from tests.integration.known_hosts import ANTHROPIC_HOST, BEDROCK_HOST, OPENAI_HOST, at, resolve_locally
 from tests.servers.anthropic_server import LocalAnthropicServer
-from tests.servers.bedrock_server import LocalBedrockServer
+from tests.servers.bedrock_server import LocalBedrockServer, encode_event
 from tests.servers.openai_server import LocalOpenAIServer
 
 CAP = {"limit_usd": 100, "window": "day", "action": "block"}
@@ -358,3 +365,58 @@ def test_a_read_through_those_clients_passes(client: str, servers: dict[str, Any
         asyncio.run(with_aiohttp())
     assert [r.path for r in servers["openai"].requests] == ["/v1/models"]
     assert receipts(g, "decision") == []
+
+
+class _Events:
+    """A reader that keeps the events it is given."""
+
+    def __init__(self) -> None:
+        self.info = ResponseInfo()
+        self.complete = False
+        self.events: list[Any] = []
+
+    def on_body(self, body: Any) -> None:
+        raise AssertionError("an event stream has no whole body")
+
+    def on_event(self, event: str | None, data: Any) -> bool:
+        self.events.append(data)
+        return False
+
+
+JSON_VALUES = st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=8), max_size=3)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["chunk", "metadata", "contentBlockDelta"]), JSON_VALUES),
+                min_size=1, max_size=6), st.data())
+def test_an_event_stream_is_read_as_botocore_reads_it_however_the_network_cuts_it(
+        events: list[tuple[str, dict[str, Any]]], data: st.DataObject) -> None:
+    def encoded(kind: str, payload: dict[str, Any]) -> bytes:
+        body = {"bytes": base64.b64encode(json.dumps(payload).encode()).decode()} if kind == "chunk" else payload
+        return encode_event({":event-type": kind, ":message-type": "event", ":content-type": "application/json"},
+                            json.dumps(body).encode())
+
+    wire = b"".join(encoded(kind, payload) for kind, payload in events)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    reader = _Events()
+    observer = BodyObserver(reader, sse=False, frames=split_events, on_progress=lambda: None,
+                            on_end=lambda info, complete: None)
+    passed = b"".join(observer.feed(wire[a:b]) for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True))
+    assert passed + observer.flush() == wire  # the caller gets every byte, unchanged
+    assert reader.info.problem is None
+    buffer = EventStreamBuffer()
+    buffer.add_data(wire)
+    botocore_events = [(m.headers[":event-type"], json.loads(m.payload)) for m in buffer]
+    expected = [{kind: {"bytes": base64.b64decode(p["bytes"])} if kind == "chunk" else p}
+                for kind, p in botocore_events]
+    assert reader.events == expected
+
+
+@given(st.sampled_from(["", "/v1", "/api/v1", "/proxy/anthropic"]), st.sampled_from(["", "/", "?beta=true"]),
+       st.booleans(), st.booleans())
+def test_an_llm_path_is_recognised_in_any_spelling(prefix: str, suffix: str, doubled: bool, encoded: bool) -> None:
+    path = f"{prefix}/v1/{'%6Dessages' if encoded else 'messages'}"
+    if doubled:
+        path = path.replace("/", "//")
+    found = target("POST", path + suffix)
+    assert isinstance(found, StainlessTarget)
+    assert (found.adapter.module, found.path) == ("anthropic", "/v1/messages")
