@@ -163,3 +163,21 @@ def test_auto_tier_in_expected_estimation_is_reserved_as_the_standard_tier(serve
     client.chat.completions.create(**ask, service_tier="auto")
     standard, auto = [r["estimated_nano"] for r in g.receipts() if r["kind"] == "decision"]
     assert auto == standard
+
+
+def test_bedrock_audio_and_stored_prompts_are_bounded_by_the_window_or_refused(guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    model = "us.amazon.nova-lite-v1:0"
+    with LocalBedrockServer() as srv:
+        client = boto3.client("bedrock-runtime", endpoint_url=srv.url, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        content = [{"text": "transcribe"}, {"audio": {"format": "mp3", "source": {"bytes": b"\xff\xfb" * 32}}}]
+        client.converse(modelId=model, messages=[{"role": "user", "content": content}],
+                        inferenceConfig={"maxTokens": 16})
+        with pytest.raises(AgentGuardBlocked, match=r"input the request does not carry \(a stored prompt\)"):
+            client.converse(modelId="arn:aws:bedrock:us-east-1:123456789012:prompt/PROMPT12345",
+                            promptVariables={"topic": {"text": "otters"}})
+        assert len(srv.requests) == 1
+    audio, prompt = [r for r in g.receipts() if r["kind"] == "decision"]
+    assert audio["estimated_nano"] >= _window_cost(g, "aws", model)
+    assert prompt["action"] == "block"

@@ -437,7 +437,8 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
         server_address=host,
         server_port=port,
         timeout_seconds=timeout_seconds,
-        unseen_input=unseen,
+        # a Prompt management ARN as the model id: the stored prompt is input the request does not carry
+        unseen_input="a stored prompt" if ":prompt/" in model_id else unseen,
         unknown_output_limit=(f"the invoke_model body of {model_name(model_id)}, a model family this adapter "
                               "does not read") if family is OTHER else None,
     )
@@ -446,10 +447,11 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
 
 def _unseen(part: Mapping[str, Any]) -> str | None:
     """Converse/Nova document blocks, video blocks of models without a documented video bound,
-    content by S3 reference (other than bounded media), Anthropic document blocks."""
+    audio blocks (no model documents a per-second bound), content by S3 reference (other than
+    bounded media), Anthropic document blocks."""
     if "s3Location" in part:
         return "content by S3 reference"
-    for kind in ("document", "video"):
+    for kind in ("document", "video", "audio"):
         if isinstance(part.get(kind), Mapping) or part.get("type") == kind:
             return f"a {kind} block"
     return None
