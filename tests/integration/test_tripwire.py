@@ -125,8 +125,8 @@ def reported_usage(wire: str, payload: bytes, stream: bool) -> TokenUsage:
     return TokenUsage(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
 
 
-def send_sync(url: str, headers: dict[str, str], body: bytes, stream: bool) -> httpx.Response:
-    with httpx.Client(timeout=10) as client:
+def send_sync(url: str, headers: dict[str, str], body: bytes, stream: bool, http: Any = httpx) -> httpx.Response:
+    with http.Client(timeout=10) as client:
         if not stream:
             return client.post(url, headers=headers, content=body)
         with client.stream("POST", url, headers=headers, content=body) as response:
@@ -134,8 +134,9 @@ def send_sync(url: str, headers: dict[str, str], body: bytes, stream: bool) -> h
             return response
 
 
-async def send_async(url: str, headers: dict[str, str], body: bytes, stream: bool) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as client:
+async def send_async(url: str, headers: dict[str, str], body: bytes, stream: bool,
+                     http: Any = httpx) -> httpx.Response:
+    async with http.AsyncClient(timeout=10) as client:
         if not stream:
             return await client.post(url, headers=headers, content=body)
         async with client.stream("POST", url, headers=headers, content=body) as response:
@@ -143,12 +144,13 @@ async def send_async(url: str, headers: dict[str, str], body: bytes, stream: boo
             return response
 
 
-def send(mode: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+def send(mode: str, url: str, headers: dict[str, str], body: bytes, http: Any = httpx) -> tuple[int, bytes]:
+    """One request with ``http`` (the ``httpx`` or ``httpx2`` package): sync or async, whole or streamed."""
     stream = mode == "stream" or mode == "async stream"
     if mode.startswith("async"):
-        response = asyncio.run(send_async(url, headers, body, stream))
+        response = asyncio.run(send_async(url, headers, body, stream, http))
     else:
-        response = send_sync(url, headers, body, stream)
+        response = send_sync(url, headers, body, stream, http)
     return response.status_code, response.read_bytes if stream else response.content  # type: ignore[attr-defined]
 
 
@@ -183,6 +185,29 @@ def test_a_raw_httpx_call_is_guarded_and_settles_at_what_the_server_billed(
     (state,) = g.guard.ledger.states()
     assert (state.held_nano, state.spent_nano) == (0, settlement["actual_nano"])
     assert len(otel.finished()) == 1  # one guard span
+
+
+@pytest.mark.parametrize("mode", ["sync", "async stream"])
+def test_httpx2_is_guarded_the_same(mode: str, servers: dict[str, Any], guarded: GuardFactory,
+                                    otel: Telemetry) -> None:
+    import httpx2
+
+    g = guarded(ALLOW, ledger="memory://")
+    status, payload = send(mode, *wire_request("anthropic", servers["anthropic"], stream="stream" in mode), httpx2)
+    assert status == 200
+    (settlement,) = receipts(g, "settlement")
+    assert settlement["cost_source"] == "local"
+    assert TokenUsage(**settlement["usage"]) == reported_usage("anthropic", payload, "stream" in mode)
+    assert len(otel.finished()) == 1
+
+
+def test_httpx2_is_blocked_the_same(servers: dict[str, Any], guarded: GuardFactory) -> None:
+    import httpx2
+
+    guarded(BLOCK, ledger="memory://")
+    with pytest.raises(AgentGuardBlocked, match="test ceiling"):
+        send("async", *wire_request("bedrock", servers["bedrock"], stream=False), httpx2)
+    assert servers["bedrock"].requests == []
 
 
 def test_the_usage_chunk_the_guard_asks_of_an_openai_stream_is_hidden_from_the_caller(
