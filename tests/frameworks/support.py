@@ -70,9 +70,14 @@ def assert_left_early(handle: Guarded, calls: int, outcomes: Iterable[str] = ("a
     assert (daily.spent_nano, daily.held_nano) == (sum(s["actual_nano"] for s in settled), 0)
 
 
+def guard_spans(otel: Telemetry) -> list[Any]:
+    """The finished spans of the guard (not a framework's own instrumentation)."""
+    return [s for s in otel.finished() if s.instrumentation_scope.name == "agentguard_otel.telemetry"]
+
+
 def assert_one_span_per_call(otel: Telemetry, handle: Guarded) -> None:
     """One guard span per decision (an LLM call), each ended, none left over."""
-    spans = otel.finished()
+    spans = guard_spans(otel)
     decisions = receipts(handle, "decision")
     assert sorted(s.attributes["agentguard.receipt.hash"] for s in spans) == sorted(d["hash"] for d in decisions)
 

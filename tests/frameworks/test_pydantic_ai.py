@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 from pydantic_ai import Agent
+from pydantic_ai.capabilities import Instrumentation
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolReturnPart
 from pydantic_ai.models import Model
 from pydantic_ai.models.anthropic import AnthropicModel
+from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
 from pydantic_ai.providers.anthropic import AnthropicProvider
 from pydantic_ai.providers.openai import OpenAIProvider
@@ -33,11 +35,13 @@ from tests.frameworks.support import (
     assert_left_early,
     assert_one_span_per_call,
     assert_settled,
+    guard_spans,
     ours,
     policy,
     receipts,
     spend_until_blocked,
 )
+from tests.servers.openai_server import LocalOpenAIServer
 
 PROMPT = "Review this diff, please."
 NANO_PER_USD = Decimal(10**9)
@@ -157,6 +161,23 @@ def test_a_stream_left_early_settles(backend: Backend, run: Run[Any], guarded: G
     assert run(briefly())
     assert len(backend.server.requests) == 1
     assert_left_early(handle, 1, LEFT_EARLY)
+    assert_one_span_per_call(otel, handle)
+
+
+def test_beside_pydantic_ais_own_instrumentation(server: LocalOpenAIServer, guarded: GuardFactory,
+                                                 otel: Telemetry) -> None:
+    """With pydantic-ai's OTel instrumentation on, the guard's span is the child of pydantic-ai's
+    model-request span, and pydantic-ai's spans keep their own parents (the guard's is never current)."""
+    handle = guarded(policy("1"))
+    settings = InstrumentationSettings(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    agent = Agent(MODELS["chat"][1](server.base_url), model_settings={"max_tokens": MAX_OUTPUT_TOKENS},
+                  capabilities=[Instrumentation(settings)])
+    assert agent.run_sync(PROMPT).output
+    (guard,) = guard_spans(otel)
+    request, run = (s for s in otel.finished() if s is not guard)
+    assert guard.parent.span_id == request.context.span_id
+    assert (request.parent.span_id, run.parent) == (run.context.span_id, None)
+    assert guard.context.trace_id == request.context.trace_id == run.context.trace_id
     assert_one_span_per_call(otel, handle)
 
 
