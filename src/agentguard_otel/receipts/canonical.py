@@ -50,36 +50,50 @@ def canonical_json(obj: Any) -> bytes:
     """The RFC 8785 bytes of ``obj``; TypeError for values a receipt may not hold.
 
     Strings must be valid Unicode (a lone surrogate raises ``UnicodeEncodeError``, a ValueError)."""
-    if _plain(obj):
-        try:
-            return orjson.dumps(obj, option=_ORJSON_OPTIONS)
-        except orjson.JSONEncodeError:
-            pass  # the reference path below says exactly what is wrong, or serializes it
-    return _reference_json(obj)
+    fast = _orjson_form(obj)
+    return fast if fast is not None else _reference_json(obj)
+
+
+def _orjson_form(obj: Any) -> bytes | None:
+    """orjson's bytes where they are the JCS bytes, else None (the reference path then says exactly
+    what is wrong, or serializes it). ASCII output proves every key ASCII without looking at one."""
+    if not _plain(obj):
+        return None
+    try:
+        out = orjson.dumps(obj, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:  # a key that is not a str, an integer past 2**53 - 1, a lone surrogate
+        return None
+    return out if out.isascii() or _ascii_keys(obj) else None
 
 
 def _plain(obj: Any) -> bool:
-    """Only exact receipt types and ASCII keys, checked a container at a time (``set(map(type, ...))``
-    runs in C: a check per node in Python would cost more than orjson's whole serialization)."""
+    """Only exact receipt types, checked a container at a time (``set(map(type, ...))`` runs in C: a
+    check per node in Python would cost more than orjson's whole serialization)."""
     if type(obj) not in _CONTAINERS:
         return type(obj) in _SCALARS
     stack = [obj]
     while stack:
         item = stack.pop()
-        if type(item) is dict:
-            try:
-                if not "".join(item).isascii():
-                    return False
-            except TypeError:  # a key that is not a str
-                return False
-            values: Any = item.values()
-        else:
-            values = item
+        values = item.values() if type(item) is dict else item
         kinds = set(map(type, values))
         if not kinds <= _SCALARS:
             if not kinds <= _PLAIN:
                 return False
             stack.extend(compress(values, map(_CONTAINERS.__contains__, map(type, values))))
+    return True
+
+
+def _ascii_keys(obj: Any) -> bool:
+    """Every key of every object in a plain value is ASCII."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            if not "".join(item).isascii():
+                return False
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
     return True
 
 

@@ -265,7 +265,9 @@ class _Checker:
             self.fail(file, line, chain if isinstance(chain, str) else None, None,
                       "malformed receipt: not an object with a string chain and an integer seq")
             return
-        state = self.chains.setdefault(chain, _ChainState())
+        state = self.chains.get(chain)
+        if state is None:
+            state = self.chains[chain] = _ChainState()
         self.receipts += 1
         state.receipts += 1
         claimed, sig = receipt.pop("hash", None), receipt.pop("sig", None)
