@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import string
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import baggage, context
 
-from agentguard_otel.scope import Scope, current_claim, current_scope, env_defaults, scope, set_defaults
+from agentguard_otel.scope import (
+    Scope,
+    carry_into_threads,
+    current_claim,
+    current_scope,
+    env_defaults,
+    scope,
+    set_defaults,
+    stop_carrying_into_threads,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -234,3 +246,39 @@ def test_a_scope_from_trusted_baggage_follows_work_into_thread_pools(server: Any
     assert (seen, claim) == (Scope(team="engineering"), "agc1.signed")
     assert outcomes == ["engineering is capped"] * 2
     assert server.requests == []
+
+
+_FIELDS = ("tenant", "team", "user", "agent", "task")
+_VALUES = st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(explicit=st.dictionaries(st.sampled_from(_FIELDS), _VALUES),
+       carried=st.dictionaries(st.sampled_from(_FIELDS), _VALUES),
+       trusted=st.sets(st.sampled_from(_FIELDS)))
+def test_every_way_into_a_thread_resolves_the_submitters_scope(explicit: dict[str, str], carried: dict[str, str],
+                                                                trusted: set[str]) -> None:
+    """Whatever mix of explicit fields, baggage and trust: a pool's submit and map,
+    ``loop.run_in_executor`` and ``asyncio.to_thread`` resolve the scope the submitter resolves."""
+    set_defaults({}, trusted_baggage=sorted(trusted))
+    ctx = context.get_current()
+    for name, value in carried.items():
+        ctx = baggage.set_baggage(f"agentguard.{name}", value, ctx)
+    token = context.attach(ctx)
+    carry_into_threads()
+
+    async def from_the_loop() -> list[Scope]:
+        return [await asyncio.get_running_loop().run_in_executor(None, current_scope),
+                await asyncio.to_thread(current_scope)]
+
+    try:
+        with scope(**explicit), ThreadPoolExecutor(1) as pool:
+            expected = current_scope()
+            seen = [pool.submit(current_scope).result(), *pool.map(lambda _: current_scope(), [0]),
+                    *asyncio.run(from_the_loop())]
+    finally:
+        stop_carrying_into_threads()
+        context.detach(token)
+    assert expected == Scope(**{name: explicit.get(name) or (carried.get(name) if name in trusted else None)
+                               for name in _FIELDS})
+    assert seen == [expected] * 4
