@@ -1,8 +1,9 @@
-"""The OpenAI Agents SDK on the Responses API, through the real ``openai`` SDK to the local server,
-guarded (its own tracing export switched off, so it sends nothing anywhere): ``Runner.run_sync``,
-``Runner.run`` and ``Runner.run_streamed`` settle every model call exactly, a run where the model
-calls a function tool is two guarded calls, a spent cap blocks the next run before the server,
-one guard span per model call, and the scope follows runs handed to threads."""
+"""The OpenAI Agents SDK on the Responses API and on Chat Completions, through the real ``openai``
+SDK to the local server, guarded (its own tracing export switched off, so it sends nothing
+anywhere): ``Runner.run_sync``, ``Runner.run`` and ``Runner.run_streamed`` settle every model call
+exactly, a run where the model calls a function tool is two guarded calls, a spent cap blocks the
+next run before the server, one guard span per model call, and the scope follows runs handed to
+threads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from typing import Any
 
 import openai
 import pytest
-from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner, function_tool
+from agents import (
+    Agent,
+    ModelSettings,
+    OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
+    RunConfig,
+    Runner,
+    function_tool,
+)
 from agents.result import RunResultBase
 
 from agentguard_otel import scope
@@ -48,18 +57,38 @@ def read_diff(path: str) -> str:
     return f"{path}: {DIFF}"
 
 
-def reviewer(server: LocalOpenAIServer) -> Agent[Any]:
+PATHS = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}
+
+
+def reviewer(server: LocalOpenAIServer, api: str = "responses") -> Agent[Any]:
     """A reviewer agent on a client of its own: an async client belongs to the event loop it first
-    ran in, and ``Runner.run_sync`` in another thread runs a loop of its own."""
+    ran in, and ``Runner.run_sync`` in another thread runs a loop of its own. On Chat Completions
+    it asks for stream usage (the SDK does not by default), so the run reports every call's."""
     client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
-    return Agent(name="reviewer", instructions="Review the diff.", tools=[read_diff],
-                 model=OpenAIResponsesModel(model="gpt-4o-mini", openai_client=client),
-                 model_settings=ModelSettings(max_tokens=MAX_OUTPUT_TOKENS))
+    model = (OpenAIResponsesModel(model="gpt-4o-mini", openai_client=client) if api == "responses" else
+             OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client))
+    return Agent(name="reviewer", instructions="Review the diff.", tools=[read_diff], model=model,
+                 model_settings=ModelSettings(max_tokens=MAX_OUTPUT_TOKENS, include_usage=api == "chat" or None))
+
+
+@pytest.fixture(params=list(PATHS))
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def agent(server: LocalOpenAIServer) -> Agent[Any]:
-    return reviewer(server)
+def agent(server: LocalOpenAIServer, api: str) -> Agent[Any]:
+    return reviewer(server, api)
+
+
+def tools_offered(body: dict[str, Any]) -> list[str]:
+    return [t.get("name") or t["function"]["name"] for t in body["tools"]]
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    """What the request sends back of the tool's run (a Responses input item, a chat ``tool`` message)."""
+    return [i["output"] for i in body.get("input", []) if i.get("type") == "function_call_output"] + [
+        m["content"] for m in body.get("messages", []) if m.get("role") == "tool"]
 
 
 def per_call(result: RunResultBase) -> list[tuple[int, int]]:
@@ -67,13 +96,13 @@ def per_call(result: RunResultBase) -> list[tuple[int, int]]:
     return [(u.input_tokens, u.output_tokens) for u in result.context_wrapper.usage.request_usage_entries]
 
 
-def test_run_sync_and_run_settle_exactly(agent: Agent[Any], server: LocalOpenAIServer, run: Run[Any],
+def test_run_sync_and_run_settle_exactly(agent: Agent[Any], api: str, server: LocalOpenAIServer, run: Run[Any],
                                          guarded: GuardFactory, otel: Telemetry) -> None:
     handle = guarded(policy(LIMIT_USD))
     results = [Runner.run_sync(agent, PROMPT, run_config=NO_TRACING),
                run(Runner.run(agent, PROMPT, run_config=NO_TRACING))]
     assert all(r.final_output for r in results)
-    assert [r.path for r in server.requests] == ["/v1/responses"] * 2
+    assert [r.path for r in server.requests] == [PATHS[api]] * 2
     assert_settled(handle, server, [c for r in results for c in per_call(r)])
     assert_one_span_per_call(otel, handle)
 
@@ -112,9 +141,7 @@ def test_a_tool_call_run_is_two_guarded_calls(streamed: bool, agent: Agent[Any],
     result = run(drained() if streamed else Runner.run(agent, PROMPT, run_config=NO_TRACING))
     assert result.final_output
     first, second = (r.body or {} for r in server.requests)
-    assert [t["name"] for t in first["tools"]] == ["read_diff"]
-    (output,) = [i for i in second["input"] if i.get("type") == "function_call_output"]
-    assert output["output"] == f"app.py: {DIFF}"
+    assert (tools_offered(first), tool_results(first), tool_results(second)) == (["read_diff"], [], [f"app.py: {DIFF}"])
     assert [r["stream"] for r in receipts(handle, "decision")] == [streamed] * 2
     settled = assert_settled(handle, server, per_call(result))
     assert settled[1]["usage"]["input_tokens"] > settled[0]["usage"]["input_tokens"]  # the tool turn is input
