@@ -20,9 +20,11 @@ from agents import (
     OpenAIResponsesModel,
     RunConfig,
     Runner,
+    add_trace_processor,
     function_tool,
 )
 from agents.result import RunResultBase
+from agents.tracing import TracingProcessor
 
 from agentguard_otel import scope
 from tests.conftest import GuardFactory, Telemetry
@@ -58,6 +60,39 @@ def read_diff(path: str) -> str:
 
 
 PATHS = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}
+
+
+class SdkTracing(TracingProcessor):
+    """Records what the SDK's tracing hands its processors (its exporter to OpenAI among them)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_trace_start(self, trace: Any) -> None:
+        self.seen.append("trace")
+
+    def on_trace_end(self, trace: Any) -> None:
+        self.seen.append("trace end")
+
+    def on_span_start(self, span: Any) -> None:
+        self.seen.append("span")
+
+    def on_span_end(self, span: Any) -> None:
+        self.seen.append("span end")
+
+    def shutdown(self) -> None:
+        """Nothing held."""
+
+    def force_flush(self) -> None:
+        """Nothing queued."""
+
+
+@pytest.fixture(scope="module")
+def sdk_tracing() -> SdkTracing:
+    """Registered beside the SDK's own processors for the module (the SDK has no way to remove one)."""
+    recorder = SdkTracing()
+    add_trace_processor(recorder)
+    return recorder
 
 
 def reviewer(server: LocalOpenAIServer, api: str = "responses") -> Agent[Any]:
@@ -97,12 +132,13 @@ def per_call(result: RunResultBase) -> list[tuple[int, int]]:
 
 
 def test_run_sync_and_run_settle_exactly(agent: Agent[Any], api: str, server: LocalOpenAIServer, run: Run[Any],
-                                         guarded: GuardFactory, otel: Telemetry) -> None:
+                                         guarded: GuardFactory, otel: Telemetry, sdk_tracing: SdkTracing) -> None:
     handle = guarded(policy(LIMIT_USD))
     results = [Runner.run_sync(agent, PROMPT, run_config=NO_TRACING),
                run(Runner.run(agent, PROMPT, run_config=NO_TRACING))]
     assert all(r.final_output for r in results)
     assert [r.path for r in server.requests] == [PATHS[api]] * 2
+    assert sdk_tracing.seen == []  # the switch: nothing traced, so nothing to export
     assert_settled(handle, server, [c for r in results for c in per_call(r)])
     assert_one_span_per_call(otel, handle)
 
