@@ -181,3 +181,22 @@ def test_bedrock_audio_and_stored_prompts_are_bounded_by_the_window_or_refused(g
     audio, prompt = [r for r in g.receipts() if r["kind"] == "decision"]
     assert audio["estimated_nano"] >= _window_cost(g, "aws", model)
     assert prompt["action"] == "block"
+
+
+def test_anthropic_fast_mode_is_reserved_and_settled_at_its_fast_rates(guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    ask: dict[str, Any] = {"model": "claude-opus-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    with LocalAnthropicServer() as srv:
+        client = anthropic.Anthropic(base_url=srv.base_url, api_key="sk", max_retries=0)
+        client.messages.create(**ask)
+        client.messages.create(**ask, speed="fast")
+        with client.messages.stream(**ask, speed="fast") as stream:
+            stream.get_final_message()
+    standard, fast, streamed = [r["estimated_nano"] for r in g.receipts() if r["kind"] == "decision"]
+    assert fast == streamed > standard
+    prices = {speed: g.guard.prices.lookup("anthropic", "claude-opus-5", speed) for speed in (None, "fast")}
+    assert prices[None] is not None and prices["fast"] is not None and prices["fast"].input > prices[None].input
+    settled = [r for r in g.receipts() if r["kind"] == "settlement"]
+    assert [r["actual_nano"] for r in settled] == [
+        g.guard.prices.actual_cost_nano(price, TokenUsage(**r["usage"]))
+        for price, r in zip([prices[None], prices["fast"], prices["fast"]], settled, strict=True)]

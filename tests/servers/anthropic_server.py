@@ -29,7 +29,8 @@ Deterministic token accounting, so tests can assert exact usage and cost:
 ``usage_next`` replaces the Message's ``usage``; in a stream both ``message_start.message.usage``
 and ``message_delta.usage`` (with :data:`OMIT_USAGE` neither event has a ``usage``).
 ``count_tokens`` answers carry no usage and leave ``usage_next`` pending. ``bill_with`` replaces the
-prompt and output counts and the cache writes (then no cache reads are reported).
+prompt and output counts and the cache writes (then no cache reads are reported). Usage reports the
+``speed`` asked for (``fast``, else ``standard``).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class LocalAnthropicServer(LocalServer):
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ApiError(400, "max_tokens: Field required (an integer of at least 1)")
         count = min(self.reply_words, limit)
+        speed = "fast" if body.get("speed") == "fast" else "standard"  # the speed the call ran at
         bill = self.current_bill()
         if bill is not None:
             prompt_tokens, count = bill.input_tokens, bill.output_tokens
@@ -159,11 +161,12 @@ class LocalAnthropicServer(LocalServer):
             "content": [{"type": "text", "text": "".join(pieces)}],
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": report(self.usage(prompt_tokens, count)),
+            "usage": report({**self.usage(prompt_tokens, count), "speed": speed}),
         }
         if not body.get("stream"):
             return Reply(200, message)
-        start = {**message, "content": [], "stop_reason": None, "usage": report(self.usage(prompt_tokens, 1))}
+        start = {**message, "content": [], "stop_reason": None,
+                 "usage": report({**self.usage(prompt_tokens, 1), "speed": speed})}
         events: list[JSONObject] = [
             {"type": "message_start", "message": start},
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},

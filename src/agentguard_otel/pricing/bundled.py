@@ -57,7 +57,10 @@ def bundled_price(source: gp.Provider, model: str, at: datetime,
     price = convert(source.id, model, info.get_prices(at))
     if tier is not None and price is not None:
         tiers = sorted({str(v.when["service_tier"]) for v in info.price_variants or () if "service_tier" in v.when})
-        if tier in tiers:
+        speeds = {str(v.when["speed"]) for v in info.price_variants or () if "speed" in v.when}
+        if tier in speeds:  # a processing speed priced as its own variant (Anthropic's fast mode)
+            price = convert(source.id, model, info.get_prices(at, {"speed": tier})) or price
+        elif tier in tiers:
             price = convert(source.id, model, info.get_prices(at, {"service_tier": tier})) or price
         else:  # a tier the data does not price: bounded by the dearest one it has (or the standard price)
             variants = [convert(source.id, model, info.get_prices(at, {"service_tier": t})) for t in tiers]

@@ -96,7 +96,7 @@ class MessagesReader:
     def on_body(self, body: Any) -> None:
         self._message(body)
         self.info.usage = read_usage(get_path(body, ("usage",)))
-        self.info.service_tier = reported_tier(get_path(body, ("usage", "service_tier")))
+        self.info.service_tier = reported_tier(get_path(body, ("usage", "speed")))
         reason = get_path(body, ("stop_reason",))
         self.info.finish_reasons = [str(reason)] if reason else []
         self.complete = True
@@ -131,7 +131,7 @@ class MessagesReader:
         count arrives, every output byte seen bounds the output tokens (a token is >= 1 byte), so
         a stream cut short settles what it delivered."""
         self._usage.update((name, value) for name, value in usage.items() if value is not None)
-        self.info.service_tier = reported_tier(self._usage.get("service_tier"))
+        self.info.service_tier = reported_tier(self._usage.get("speed"))
         if not self._usage:
             return  # nothing reported (yet): not a malformed report
         tokens = read_usage(self._usage)
@@ -139,6 +139,10 @@ class MessagesReader:
             tokens = dataclasses.replace(tokens, output_tokens=max(tokens.output_tokens, self.info.output_bytes))
         self.info.usage = tokens
 
+
+FAST_SPEED = "fast"
+"""Anthropic's fast mode: the usage reports the ``speed`` a call ran at, which is what its price
+depends on (the price data has speed variants, no Anthropic service-tier ones)."""
 
 TOOL_USE_SYSTEM_PROMPT_TOKENS = 1024
 """Bound of the tool-use system prompt a provider adds when tools are given: Anthropic documents
@@ -207,6 +211,10 @@ class AnthropicAdapter(StainlessAdapter):
 
     def input_overhead_tokens(self, body: Mapping[str, Any]) -> int:
         return tool_use_overhead_tokens(body.get("tools"))
+
+    def service_tier(self, body: Mapping[str, Any]) -> str | None:
+        """Fast mode (``speed: fast``) is priced as its own, dearer variant, whatever the tier."""
+        return FAST_SPEED if body.get("speed") == FAST_SPEED else super().service_tier(body)
 
     def prepare_body(self, data: Any) -> Any:
         # Recent SDKs pass the caller's arguments to ``request`` as given (omitted markers,

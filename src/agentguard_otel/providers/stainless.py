@@ -130,6 +130,10 @@ class StainlessAdapter(ABC):
         measured by its bytes like the rest."""
         return None
 
+    def service_tier(self, body: Mapping[str, Any]) -> str | None:
+        """The price variant the call asks for: its ``service_tier`` (None: the standard one)."""
+        return requested_tier(body.get("service_tier"))
+
     def input_overhead_tokens(self, body: Mapping[str, Any]) -> int:
         """Input tokens the provider adds to the request itself (a documented tool-use system prompt)."""
         return 0
@@ -282,7 +286,7 @@ def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint
         deployment=adapter.deployment(client, body),
         unseen_input=adapter.unseen_input(body),
         traced=adapter.traced(client),
-        service_tier=requested_tier(body.get("service_tier")),
+        service_tier=adapter.service_tier(body),
         input_overhead_tokens=adapter.input_overhead_tokens(body) + media.input_tokens + measure.tokens,
         input_characters=media.characters,
         input_audio_seconds=media.audio_seconds,
