@@ -154,7 +154,8 @@ def _int(value: Any) -> int:
     return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
-def _json_object(raw: Any) -> dict[str, Any] | None:
+def json_object(raw: Any) -> dict[str, Any] | None:
+    """A JSON object from a body, or None for anything else (not JSON, not an object)."""
     try:
         parsed = json.loads(raw)
     except (TypeError, ValueError):
@@ -399,7 +400,7 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
         raw = copy.get("body", b"")
         if hasattr(raw, "read"):  # a file-like body can be read once: pass its bytes on instead
             raw = copy["body"] = raw.read()
-        body = _json_object(raw)
+        body = json_object(raw)
         family = family_of(model_id) if body is not None else OTHER
     media = _bounded_media(model_id)
     videos = 0

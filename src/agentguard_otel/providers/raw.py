@@ -130,14 +130,6 @@ def _body(request: Any) -> bytes | None:
     return content if isinstance(content, bytes) else None
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
 def _timeout_seconds(request: Any) -> float | None:
     """The longest the client may spend on the request (its httpx timeout phases), for the hold's expiry."""
     phases = (request.extensions.get("timeout") or {}).values()
@@ -206,7 +198,7 @@ class StainlessWire(Wire):
 
 
 def _stainless(found: StainlessTarget, request: Any, raw: bytes) -> StainlessWire | None:
-    body = _json_object(raw)
+    body = bedrock.json_object(raw)
     origin = _Origin(request.url)
     prepared = describe(found.adapter, origin, (found.path, found.endpoint), body, False,
                         _timeout_seconds(request)) if body is not None else None
@@ -258,7 +250,7 @@ class _HeaderUsageReader(bedrock.BedrockReader):
 def _bedrock(found: BedrockTarget, request: Any, raw: bytes) -> BedrockWire | None:
     operation = bedrock.OPERATIONS[found.operation]
     if operation.converse:
-        body = _json_object(raw)
+        body = bedrock.json_object(raw)
         if body is None:
             return None
         params: dict[str, Any] = {**body, "modelId": found.model_id}
