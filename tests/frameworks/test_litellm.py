@@ -62,7 +62,7 @@ class Route:
     limit_usd: str  # a few calls' reservations, then the daily cap blocks
 
 
-@pytest.fixture(params=["openai", "anthropic", "bedrock"])
+@pytest.fixture(params=["openai", "anthropic", "bedrock", "bedrock invoke"])
 def route(request: pytest.FixtureRequest, _bedrock_server: LocalBedrockServer) -> Route:
     if request.param == "openai":
         srv = request.getfixturevalue("server")
@@ -73,6 +73,9 @@ def route(request: pytest.FixtureRequest, _bedrock_server: LocalBedrockServer) -
         return Route("anthropic/claude-haiku-4-5", srv, {"api_base": at(ANTHROPIC_HOST, srv), "api_key": "sk-ant"},
                      "0.001")
     _bedrock_server.reset()
+    if request.param == "bedrock invoke":  # the model's own InvokeModel body (Anthropic Messages on Bedrock)
+        return Route("bedrock/invoke/us.anthropic.claude-3-5-haiku-20241022-v1:0", _bedrock_server,
+                     {"aws_bedrock_runtime_endpoint": at(BEDROCK_HOST, _bedrock_server), **AWS}, "0.0005")
     return Route("bedrock/amazon.nova-lite-v1:0", _bedrock_server,
                  {"aws_bedrock_runtime_endpoint": at(BEDROCK_HOST, _bedrock_server), **AWS}, "0.00003")
 
