@@ -42,6 +42,13 @@ def test_earlier_turns_and_stored_prompts_are_bounded_by_the_context_window(extr
     assert _decision(g)["estimated_nano"] >= _window_cost(g, "openai", "gpt-4o-mini")
 
 
+def test_chat_web_search_results_are_bounded_by_the_context_window(server: Any, guarded: GuardFactory) -> None:
+    g = guarded(STRICT, ledger="memory://")
+    openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": "news?"}], web_search_options={})
+    assert _decision(g)["estimated_nano"] >= _window_cost(g, "openai", "gpt-4o-mini")
+
+
 def test_a_file_by_id_is_bounded_too(server: Any, guarded: GuardFactory) -> None:
     g = guarded(STRICT, ledger="memory://")
     openai.OpenAI(base_url=server.base_url, api_key="sk", max_retries=0).chat.completions.create(

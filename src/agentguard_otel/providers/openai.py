@@ -433,13 +433,16 @@ class OpenAIAdapter(StainlessAdapter):
         return length.seconds * AUDIO_TOKENS_PER_SECOND if length.proven else None
 
     def unseen_input(self, body: Mapping[str, Any]) -> str | None:
-        """Earlier turns (``previous_response_id``, ``conversation``), a stored prompt, or a file by id
-        or URL: billed as input, not in the body."""
+        """Earlier turns (``previous_response_id``, ``conversation``), a stored prompt, a file by id
+        or URL, or Chat Completions' web search results (``web_search_options``): billed as input,
+        not in the body."""
         for name in ("previous_response_id", "conversation"):
             if body.get(name):
                 return name
         if isinstance(body.get("prompt"), Mapping):
             return "a stored prompt"
+        if body.get("web_search_options") is not None:
+            return "web search results"
         return find_unseen([body.get(f) for f in ("messages", "input", "tools")], _openai_unseen)
 
     def deployment(self, client: Any, body: Mapping[str, Any]) -> str | None:
