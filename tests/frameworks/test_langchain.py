@@ -92,6 +92,24 @@ def test_stream_and_astream_settle_exactly(backend: Backend, run: Run[Any], guar
     assert_one_span_per_call(otel, handle)
 
 
+def read_diff(path: str) -> str:
+    """The diff of one file."""
+    return f"{path}: + print('hello')"
+
+
+def test_a_tool_call_answer_settles_exactly(backend: Backend, guarded: GuardFactory, otel: Telemetry) -> None:
+    """With tools bound, the model answers with a tool call (plain and streamed): settled exactly."""
+    handle = guarded(policy("1"))  # tools put the provider's tool-use prompt in the bound
+    llm = backend.llm.bind_tools([read_diff])
+    backend.server.call_tool_next("read_diff", '{"path": "app.py"}')
+    backend.server.call_tool_next("read_diff", '{"path": "app.py"}')
+    replies = [llm.invoke(PROMPT), joined(list(llm.stream(PROMPT)))]
+    calls = [[(c["name"], c["args"]) for c in r.tool_calls] for r in replies]
+    assert calls == [[("read_diff", {"path": "app.py"})]] * 2
+    assert_settled(handle, backend.server, [usage(r) for r in replies])
+    assert_one_span_per_call(otel, handle)
+
+
 def test_a_stream_without_stream_usage_settles_exactly(server: Any, guarded: GuardFactory, otel: Telemetry) -> None:
     """ChatOpenAI does not ask a Chat Completions stream for usage by default: the guard asks for it
     (enforce mode), settles on it and hides that chunk, so LangChain sees the stream it asked for."""

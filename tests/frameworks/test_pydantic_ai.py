@@ -114,7 +114,6 @@ def test_run_stream_settles_exactly(backend: Backend, run: Run[Any], guarded: Gu
     assert_one_span_per_call(otel, handle)
 
 
-@pytest.mark.parametrize("backend", ["chat", "responses"], indirect=True)
 @pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_stream"])
 def test_a_tool_call_run_is_two_guarded_requests(backend: Backend, streamed: bool, run: Run[Any],
                                                  guarded: GuardFactory, otel: Telemetry) -> None:

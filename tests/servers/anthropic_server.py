@@ -9,6 +9,8 @@ word, ``content_block_stop``, ``message_delta``, ``message_stop``) and
 ``POST /v1/messages/count_tokens``. A query string (the beta namespace's ``?beta=true``) is
 accepted. Errors are in Anthropic's format: ``{"type": "error", "error": {"type", "message"}}``
 (``fail_next``'s ``code`` is the error's ``type``; 429/5xx carry ``retry-after-ms: 1``).
+``call_tool_next`` makes the next Message one ``tool_use`` block (streamed as an
+``input_json_delta``), stop reason ``tool_use``, billed as the text would have been.
 
 Deterministic token accounting, so tests can assert exact usage and cost:
 
@@ -35,6 +37,7 @@ prompt and output counts and the cache writes (then no cache reads are reported)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -152,13 +155,19 @@ class LocalAnthropicServer(LocalServer):
             prompt_tokens, count = bill.input_tokens, bill.output_tokens
         pieces = reply_pieces(count)
         stop = "max_tokens" if count < self.reply_words or bill is not None else "end_turn"
+        tool = self.take_tool_call()
+        block: JSONObject = {"type": "text", "text": "".join(pieces)}
+        deltas: list[JSONObject] = [{"type": "text_delta", "text": piece} for piece in pieces]
+        if tool is not None:
+            block = {"type": "tool_use", "id": self.next_id("toolu_"), "name": tool[0], "input": json.loads(tool[1])}
+            deltas, stop = [{"type": "input_json_delta", "partial_json": tool[1]}], "tool_use"
         report = self.take_usage()
         message: JSONObject = {
             "id": self.next_id("msg_"),
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": "".join(pieces)}],
+            "content": [block],
             "stop_reason": stop,
             "stop_sequence": None,
             "usage": report({**self.usage(prompt_tokens, count), "speed": speed}),
@@ -169,10 +178,10 @@ class LocalAnthropicServer(LocalServer):
                  "usage": report({**self.usage(prompt_tokens, 1), "speed": speed})}
         events: list[JSONObject] = [
             {"type": "message_start", "message": start},
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_start", "index": 0,
+             "content_block": {**block, "input": {}} if tool else {**block, "text": ""}},
             {"type": "ping"},
-            *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
-              for piece in pieces),
+            *({"type": "content_block_delta", "index": 0, "delta": delta} for delta in deltas),
             {"type": "content_block_stop", "index": 0},
             {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
              "usage": report({k: v for k, v in self.usage(prompt_tokens, count).items() if k != "service_tier"})},

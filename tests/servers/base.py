@@ -25,6 +25,8 @@ a request to an endpoint (:meth:`LocalServer.route`) and writes that provider's 
     connection is closed (JSON replies are not cut).
   - :meth:`LocalServer.delay_next`: the next API reply is sent only after that many seconds (a
     long call; the connection stays open and silent meanwhile).
+  - :meth:`LocalServer.call_tool_next`: the next model reply is a call of that function tool
+    instead of a message, billed as the message would have been (an agent's tool turn).
   - :meth:`LocalServer.bill_with`: every reply from now on bills what a function of the request
     says (a :class:`Bill`: e.g. :mod:`tests.servers.worst_bill`'s worst bill a provider could send),
     instead of the token accounting below; the reply generates as many output tokens as it bills.
@@ -175,6 +177,7 @@ class _Controls:
     truncations: int = 0
     cut_after: int | None = None
     delays: deque[float] = field(default_factory=deque)
+    tool_calls: deque[tuple[str, str]] = field(default_factory=deque)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -408,6 +411,12 @@ class LocalServer(ABC):
         with self._lock:
             self._controls.delays.append(seconds)
 
+    def call_tool_next(self, name: str, arguments: str = "{}") -> None:
+        """Answer the next model request with a call of function tool ``name`` (JSON ``arguments``)."""
+        json.loads(arguments)  # a JSON text, or a ValueError now rather than in the server thread
+        with self._lock:
+            self._controls.tool_calls.append((name, arguments))
+
     def bill_with(self, biller: Biller | None) -> None:
         """Bill every API reply from now on as ``biller(path, body)`` says (None: the server's own
         token accounting again). Survives :meth:`reset`."""
@@ -444,6 +453,12 @@ class LocalServer(ABC):
             if not self._controls.usages:
                 return UsageReport()
             return UsageReport(True, self._controls.usages.popleft())
+
+    def take_tool_call(self) -> tuple[str, str] | None:
+        """Consume the pending ``call_tool_next`` (name, arguments), if any: call while building a
+        model reply."""
+        with self._lock:
+            return self._controls.tool_calls.popleft() if self._controls.tool_calls else None
 
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):024x}"

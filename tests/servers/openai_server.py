@@ -54,7 +54,6 @@ import json
 import struct
 import time
 import zlib
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -227,7 +226,6 @@ class LocalOpenAIServer(LocalServer):
         self._background: dict[str, JSONObject] = {}  # background responses by id, as finished
         self._answer_as: str | None = None
         self.project_tier = "default"
-        self._tool_calls: deque[tuple[str, str]] = deque()  # (name, arguments) the next Responses call
         self._endpoints: dict[str, Endpoint] = {
             "chat/completions": self._chat,
             "responses": self._responses,
@@ -289,28 +287,20 @@ class LocalOpenAIServer(LocalServer):
 
     # the fake model -----------------------------------------------------------------------------
 
-    def call_tool_next(self, name: str, arguments: str = "{}") -> None:
-        """Answer the next Responses or chat request with a call of function tool ``name`` (JSON ``arguments``)."""
-        with self._lock:
-            self._tool_calls.append((name, arguments))
-
     def reset(self) -> None:
         super().reset()
         self.project_tier = "default"
-        with self._lock:
-            self._tool_calls.clear()
 
-    def _take_tool_call(self) -> JSONObject | None:
+    def _chat_tool_call(self) -> JSONObject | None:
         """The pending ``call_tool_next``, if any, as the chat API's ``tool_calls`` entry."""
-        with self._lock:
-            tool = self._tool_calls.popleft() if self._tool_calls else None
+        tool = self.take_tool_call()
         if tool is None:
             return None
         return {"id": self.next_id("call_"), "type": "function", "function": {"name": tool[0], "arguments": tool[1]}}
 
     def _output_item(self, item_id: str, status: str, text: str) -> JSONObject:
         """The Response's output: the pending tool call, else the message of ``text``."""
-        tool = self._take_tool_call()
+        tool = self._chat_tool_call()
         if tool is not None:
             return {"id": item_id, "type": "function_call", "status": "completed", "call_id": tool["id"],
                     **tool["function"]}
@@ -424,7 +414,7 @@ class LocalOpenAIServer(LocalServer):
             _max_tokens(body, "max_completion_tokens", "max_tokens"),
             _wants_json(body.get("response_format")),
         )
-        tool = self._take_tool_call()
+        tool = self._chat_tool_call()
         finish = "tool_calls" if tool else "length" if done.truncated else "stop"
         base = {
             **self._envelope("chatcmpl-", "chat.completion", done.model),
