@@ -88,7 +88,7 @@ def verify(paths: StrPath | Iterable[StrPath], public_keys: Mapping[str, Ed25519
             ticker = _Ticker(progress, total)
         checker = _Checker(keys, expect)
         for path in files:
-            _check_file(checker, path, ticker)
+            _check_file(checker, path, ticker if progress is not None else None)
     ticker.finish()
     return checker.report()
 
