@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import struct
-import wave
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +20,7 @@ import pytest
 from agentguard_otel import AgentGuardBlocked
 from tests.conftest import GuardFactory
 from tests.servers.base import OMIT_USAGE
-from tests.servers.openai_media import AUDIO_TOKENS_PER_SECOND, INPUT_IMAGE_TOKENS
+from tests.servers.openai_media import AUDIO_TOKENS_PER_SECOND, INPUT_IMAGE_TOKENS, wav
 from tests.servers.openai_server import LocalOpenAIServer
 
 CAP = {"version": 1, "id": "media", "mode": "enforce",
@@ -36,17 +34,6 @@ def policy(limit_usd: str = "100", **extra: Any) -> dict[str, Any]:
 
 def client(server: LocalOpenAIServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="sk-test-secret", max_retries=0)
-
-
-def wav(frames: int, rate: int = 16_000, channels: int = 1, width: int = 2) -> bytes:
-    """A PCM WAV of ``frames`` frames of silence, written by the stdlib."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(b"\0" * frames * channels * width)
-    return out.getvalue()
 
 
 def text_tokens(text: str) -> int:

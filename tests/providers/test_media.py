@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-import wave
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,16 +17,7 @@ from agentguard_otel.providers.media import (
     read_head,
     request_files,
 )
-
-
-def wav(frames: int, rate: int, channels: int = 1, width: int = 2) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(b"\x01" * frames * channels * width)
-    return out.getvalue()
+from tests.servers.openai_media import wav
 
 
 def length_of(data: bytes) -> AudioLength:

@@ -53,6 +53,17 @@ PNG_PIXEL = base64.b64encode(b"\x89PNG\r\n\x1a\n-local-image-").decode()
 SPEECH_AUDIO = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x00" * 64
 
 
+def wav(frames: int, rate: int = 16_000, channels: int = 1, width: int = 2) -> bytes:
+    """A PCM WAV of ``frames`` frames (every sample byte 1), written by the stdlib: what the tests send."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(b"\x01" * frames * channels * width)
+    return out.getvalue()
+
+
 def multipart_json(raw: bytes, content_type: str) -> JSONObject | None:
     """A multipart/form-data body as one JSON object: each text field as its value, each file as
     ``{"filename", "content_type", "base64"}`` (several under one name: a list)."""
