@@ -3,6 +3,7 @@ what the server answered, one guard span per call, and spending until the cap bl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -68,6 +69,35 @@ def assert_left_early(handle: Guarded, calls: int, outcomes: Iterable[str] = ("a
     assert all(0 < s["actual_nano"] <= s["estimated_nano"] for s in settled)
     daily = daily_counter(handle)
     assert (daily.spent_nano, daily.held_nano) == (sum(s["actual_nano"] for s in settled), 0)
+
+
+PROVIDER_ERROR = "injected failure: the prompt was 'Review this diff, please.'"
+
+
+def fail_next_call(server: Any) -> None:
+    """The next request gets a 400 (not retried) whose message quotes the prompt."""
+    server.fail_next(400, message=PROVIDER_ERROR)
+
+
+def assert_provider_error_released(handle: Guarded, otel: Telemetry, error: BaseException) -> None:
+    """After :func:`fail_next_call`: the provider's error reached the caller (none of ours in it),
+    the call settled ``error`` with its status and released its hold, and the error's text is in
+    no receipt, span or log record."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    assert not any(isinstance(e, AgentGuardBlocked) for e in chain)
+    assert 400 in {getattr(e, "status_code", None) for e in chain}
+    (settled,) = receipts(handle, "settlement")
+    assert (settled["outcome"], settled["http_status"], settled["actual_nano"]) == ("error", 400, 0)
+    daily = daily_counter(handle)
+    assert (daily.spent_nano, daily.held_nano) == (0, 0)
+    spans = [f"{dict(s.attributes or {})} {s.status.description}" for s in otel.finished()]
+    logs = [f"{r.log_record.body} {dict(r.log_record.attributes or {})}" for r in otel.logs.get_finished_logs()]
+    recorded = [json.dumps(handle.receipts()), *spans, *logs]
+    assert not [r for r in recorded if "injected failure" in r or "Review this diff" in r]
 
 
 def guard_spans(otel: Telemetry) -> list[Any]:

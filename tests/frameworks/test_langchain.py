@@ -26,7 +26,9 @@ from tests.frameworks.support import (
     assert_blocked,
     assert_left_early,
     assert_one_span_per_call,
+    assert_provider_error_released,
     assert_settled,
+    fail_next_call,
     ours,
     policy,
     receipts,
@@ -188,3 +190,11 @@ def test_a_team_cap_applies_in_threads(backend: Backend, run: Run[Any], guarded:
     assert backend.server.requests == []
     assert [r["action"] for r in receipts(handle, "decision")] == ["block"] * 7
     assert_one_span_per_call(otel, handle)
+
+
+def test_a_provider_error_releases_the_hold(backend: Backend, guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+    fail_next_call(backend.server)
+    with pytest.raises(Exception) as info:  # whatever LangChain makes of the provider's 400
+        backend.llm.invoke(PROMPT)
+    assert_provider_error_released(handle, otel, info.value)

@@ -36,7 +36,9 @@ from tests.frameworks.support import (
     assert_blocked,
     assert_left_early,
     assert_one_span_per_call,
+    assert_provider_error_released,
     assert_settled,
+    fail_next_call,
     ours,
     policy,
     receipts,
@@ -236,3 +238,12 @@ def test_runs_in_threads_keep_the_scope(server: LocalOpenAIServer, run: Run[Any]
     assert [(b.reason, b.scope["team"]) for b in blocked] == [(TEAM_REASON, CAPPED_TEAM)] * 2
     assert len(server.requests) == 2
     assert_one_span_per_call(otel, handle)
+
+
+def test_a_provider_error_releases_the_hold(agent: Agent[Any], server: LocalOpenAIServer, run: Run[Any],
+                                            guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(LIMIT_USD))
+    fail_next_call(server)
+    with pytest.raises(openai.BadRequestError) as info:
+        run(Runner.run(agent, PROMPT, run_config=NO_TRACING))
+    assert_provider_error_released(handle, otel, info.value)

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from pydantic_ai import Agent
+from pydantic_ai import Agent, ModelHTTPError
 from pydantic_ai.capabilities import Instrumentation
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolReturnPart
 from pydantic_ai.models import Model
@@ -34,7 +34,9 @@ from tests.frameworks.support import (
     assert_blocked,
     assert_left_early,
     assert_one_span_per_call,
+    assert_provider_error_released,
     assert_settled,
+    fail_next_call,
     guard_spans,
     ours,
     policy,
@@ -207,3 +209,11 @@ def test_runs_in_threads_keep_the_scope(backend: Backend, run: Run[Any], guarded
     assert [(b.reason, b.scope["team"]) for b in blocked] == [(TEAM_REASON, CAPPED_TEAM)] * 2
     assert len(backend.server.requests) == 2
     assert_one_span_per_call(otel, handle)
+
+
+def test_a_provider_error_releases_the_hold(backend: Backend, guarded: GuardFactory, otel: Telemetry) -> None:
+    handle = guarded(policy(backend.limit_usd))
+    fail_next_call(backend.server)
+    with pytest.raises(ModelHTTPError) as info:
+        backend.agent.run_sync(PROMPT)
+    assert_provider_error_released(handle, otel, info.value)
