@@ -180,6 +180,15 @@ def test_a_chain_split_over_two_batches_is_checked_again_in_one_pass(corpus: tup
     assert report.first_error is not None and report.first_error["reason"].startswith("out of order")
 
 
+def test_progress_with_jobs_climbs_to_the_total(corpus: tuple[Path, dict[str, str]]) -> None:
+    directory, _ = corpus
+    total = sum(path.stat().st_size for path in _segment_files([directory]))
+    calls: list[tuple[int, int]] = []
+    assert verify([directory], KEYS, progress=lambda done, all_: calls.append((done, all_)), jobs=2).ok
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
 def test_the_cli_takes_jobs_and_prints_the_same_report(corpus: tuple[Path, dict[str, str]], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     directory = tmp_path / "log"
