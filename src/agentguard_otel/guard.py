@@ -768,8 +768,7 @@ class GuardedCall:
         except Exception as err:
             return reservation, "estimated", f"pricing the usage failed: {type(err).__name__}"
         if actual is None:
-            # A stream's bytes bound its output; a whole body without usage is settled at the bound.
-            return (self._seen_bound(info) if self.request.stream else reservation), "estimated", "no usage reported"
+            return reservation, "estimated", "no usage reported"
         if not 0 <= actual <= MAX_AMOUNT_NANO:
             return reservation, "estimated", "reported cost out of range"
         return actual, source, None
@@ -785,21 +784,13 @@ class GuardedCall:
             None if info.service_tier == STANDARD_TIER else info.service_tier)
         if model != self.decision.model_effective or tier != guard._tier(self.request):
             price = guard.prices.lookup(self.request.price_provider, model, tier) or price
-        if info.usage is not None:
-            return guard.prices.actual_cost_nano(price, info.usage), "estimated" if outcome == "abandoned" else "local"
         if outcome == "abandoned":
-            return self._seen_bound(info), "estimated"
+            # Closed before its final usage: what was delivered does not bound the bill (hidden
+            # reasoning tokens, server tools, a generation running on after the client hung up).
+            return self.decision.estimated_nano, "estimated"
+        if info.usage is not None:
+            return guard.prices.actual_cost_nano(price, info.usage), "local"
         return None, "none"
-
-    def _seen_bound(self, info: ResponseInfo) -> int:
-        """What a stream without usage can have cost: the input bound and every output byte seen (a
-        token is >= 1 byte), never more than the reservation (also a proven bound)."""
-        request = self.request
-        input_tokens = input_token_bound(request.input_bytes, request.input_items, request.input_images,
-                                         "strict") + request.input_overhead_tokens
-        usage = TokenUsage(input_tokens=input_tokens, output_tokens=info.output_bytes,
-                           input_characters=request.input_characters, input_audio_seconds=request.input_audio_seconds)
-        return min(self.guard.prices.actual_cost_nano(self.decision.price, usage), self.decision.estimated_nano)
 
 
 def _usage_dict(usage: TokenUsage | None) -> dict[str, int] | None:

@@ -60,13 +60,14 @@ def assert_settled(handle: Guarded, server: Any, usages: Iterable[tuple[int, int
 
 
 def assert_left_early(handle: Guarded, calls: int, outcomes: Iterable[str] = ("abandoned",)) -> None:
-    """``calls`` streams left early each settled once, as one of ``outcomes`` (``abandoned``: what
-    was delivered, bounded; ``ok``: the framework read the stream to its end anyway), at no more
-    than its reservation, and the ledger holds nothing."""
+    """``calls`` streams left early each settled once, as one of ``outcomes`` (``abandoned``: at its
+    reservation, since what was delivered does not bound the bill; ``ok``: the framework read the
+    stream to its end anyway, at no more than its reservation), and the ledger holds nothing."""
     settled = receipts(handle, "settlement")
     assert len(settled) == calls
     assert {s["outcome"] for s in settled} <= set(outcomes)
     assert all(0 < s["actual_nano"] <= s["estimated_nano"] for s in settled)
+    assert all(s["actual_nano"] == s["estimated_nano"] for s in settled if s["outcome"] == "abandoned")
     daily = daily_counter(handle)
     assert (daily.spent_nano, daily.held_nano) == (sum(s["actual_nano"] for s in settled), 0)
 

@@ -8,6 +8,7 @@ import asyncio
 import operator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import reduce
 from typing import Any
 
@@ -128,8 +129,9 @@ def test_a_stream_without_stream_usage_settles_exactly(server: Any, guarded: Gua
 
 def test_a_stream_left_early_settles(backend: Backend, run: Run[Any], guarded: GuardFactory,
                                      otel: Telemetry) -> None:
-    """A consumer that stops reading after a few chunks (and closes the generator) leaves no hold."""
-    handle = guarded(policy(backend.limit_usd))
+    """A consumer that stops reading after a few chunks (and closes the generator) leaves no hold;
+    each such stream settles at its reservation (the cap leaves room for both)."""
+    handle = guarded(policy(str(Decimal(backend.limit_usd) * 10)))
     stream = backend.llm.stream(PROMPT)
     first = [next(stream) for _ in range(3)]
     stream.close()

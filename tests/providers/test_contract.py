@@ -259,8 +259,10 @@ def test_a_cut_body_settles_at_most_the_reservation_and_never_at_zero(
 
 
 @pytest.mark.parametrize("name", list(STYLES))
-def test_an_abandoned_stream_settles_once_at_what_it_delivered(adapter: tuple[Adapter, Any], name: str,
-                                                              guarded: GuardFactory) -> None:
+def test_an_abandoned_stream_settles_once_at_its_reservation(adapter: tuple[Adapter, Any], name: str,
+                                                             guarded: GuardFactory) -> None:
+    """What a stream delivered before it was closed does not bound what it was billed (hidden
+    reasoning tokens, a generation that runs on after the client hangs up): the hold is taken whole."""
     spec, srv = adapter
     g = guarded(POLICY, ledger="memory://")
     if spec.name == "openai":
@@ -280,4 +282,4 @@ def test_an_abandoned_stream_settles_once_at_what_it_delivered(adapter: tuple[Ad
     stream.close()
     settlement = _settled(g)
     assert (settlement["outcome"], settlement["cost_source"]) == ("abandoned", "estimated")
-    assert 0 < settlement["actual_nano"] <= settlement["estimated_nano"]
+    assert 0 < settlement["actual_nano"] == settlement["estimated_nano"]
