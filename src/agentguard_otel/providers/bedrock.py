@@ -155,12 +155,21 @@ def _int(value: Any) -> int:
 
 
 def json_object(raw: Any) -> dict[str, Any] | None:
-    """A JSON object from a body, or None for anything else (not JSON, not an object)."""
+    """A JSON object from a body, or None for anything else (not JSON, not an object, a key twice)."""
     try:
-        parsed = json.loads(raw)
+        parsed = json.loads(raw, object_pairs_hook=_unique_keys)
     except (TypeError, ValueError):
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: of ``{"model": "a", "model": "b"}`` a provider may honour
+    either, so the guard cannot say what the call costs."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a JSON object with a duplicate key")
+    return obj
 
 
 def _parts(body: Any, path: Path) -> list[Any]:

@@ -236,6 +236,20 @@ def route(adapter: StainlessAdapter, method: str, path: str, root: str) -> tuple
     return f"{method} {path}"
 
 
+MAX_OUTPUT_TOKENS = 2**24  # more than any model generates in one call
+MAX_CHOICES = 2**10  # more choices than any API generates for one call
+
+
+def _counts(values: list[Any], ceiling: int) -> list[int] | None:
+    """The counts set among ``values`` (None: not set), or None when one is anything but a whole
+    number up to ``ceiling`` (a float, a string, a bool, 1e400): a provider may read it as a count
+    the guard would not have bounded, and no price is computed from a count no model has."""
+    given = [v for v in values if v is not None]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= ceiling for v in given):
+        return given
+    return None
+
+
 def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint], body: dict[str, Any],
              stream: bool, timeout_seconds: float | None, files: Any = None) -> Prepared | None:
     """The LLM request a JSON body (and a multipart request's ``files``) makes at an endpoint, or
@@ -253,16 +267,18 @@ def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint
             measure = InputMeasure(measure.bytes + part.bytes, 0, measure.images + part.images,
                                    measure.tokens + part.tokens)
     items = body.get(endpoint.item_field) if endpoint.item_field else None
+    entries = _fallback_entries(body, endpoint)
+    asked = _counts([body.get(f) for f in endpoint.max_output_fields], MAX_OUTPUT_TOKENS)
+    choices = _counts([body.get(f) for f in endpoint.multiplier_fields], MAX_CHOICES)
+    entry_limits = _counts([get_path(e, (f,)) for e in entries for f in endpoint.max_output_fields],
+                           MAX_OUTPUT_TOKENS)
+    if asked is None or choices is None or entry_limits is None:
+        return None
     # Where several limit fields are set, the provider may honour any: the bound takes the largest.
-    asked = [v for f in endpoint.max_output_fields if isinstance(v := body.get(f), int) and not isinstance(v, bool)]
     max_output = max(asked) if asked else endpoint.default_max_output
     # every choice a call may generate is billed (``n``; legacy ``best_of`` generates that many)
-    multiplier = max((v for f in endpoint.multiplier_fields if isinstance(v := body.get(f), int)
-                      and not isinstance(v, bool) and v > 0), default=1)
-    entries = _fallback_entries(body, endpoint)
+    multiplier = max((v for v in choices if v > 0), default=1)
     fallbacks = tuple(m for e in entries if isinstance(m := _entry_model(e), str) and m != model)
-    entry_limits = [n for e in entries for f in endpoint.max_output_fields
-                    if isinstance(n := get_path(e, (f,)), int)]
     if max_output is not None and entry_limits:
         max_output = max(max_output, *entry_limits)  # a fallback may answer with its own, larger limit
     provider, price_provider = adapter.provider(client)

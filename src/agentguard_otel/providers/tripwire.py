@@ -5,14 +5,18 @@ Frameworks that send their own HTTP (LiteLLM's raw Anthropic and Bedrock routes,
 every request; one to a known LLM host (or a host of ``AGENTGUARD_GUARDED_HOSTS``) that the
 lifecycle is not sending right now is
 
-* on ``httpx`` / ``httpx2`` (``Client.send``, ``AsyncClient.send``, whatever transport carries
-  it, LiteLLM's aiohttp one included): guarded through the adapter of its wire format
+* on ``httpx`` / ``httpx2`` (each hop a client sends, after its event hooks and redirects, whatever
+  transport carries it, LiteLLM's aiohttp one included, and the default transports called
+  directly): guarded through the adapter of its wire format
   (:mod:`~agentguard_otel.providers.raw`), like the SDK's own call; a request no adapter reads is
   an unknown endpoint;
 * on ``http.client`` (which carries ``urllib``, ``urllib3``, ``requests`` and ``botocore``) and
-  ``aiohttp`` (``ClientSession._request``): only its method and path are seen there, before the
-  body is written, so anything but a free request is an unknown endpoint: refused in enforce mode,
-  recorded as degraded otherwise.
+  ``aiohttp`` (``ClientSession._request``, ``_ws_connect``): only its method and path are seen
+  there, before the body is written, so anything but a free request (a WebSocket included) is an
+  unknown endpoint: refused in enforce mode, recorded as degraded otherwise.
+
+The host a request is for is the one its URL, its ``Host`` header or its proxy tunnel names: an IP
+literal carrying ``Host: api.openai.com`` is watched like the name.
 
 A request the lifecycle sends (an SDK call, or an httpx request guarded here and carried on by an
 aiohttp transport) is not looked at again: one decision, one span.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,24 +56,41 @@ def guarded_host(host: str, extra: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in (*KNOWN_LLM_HOSTS, *extra))
 
 
+def _text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value or "")
+
+
+def header_host(value: Any) -> str:
+    """The host name of a ``Host`` header's value (``name``, ``name:port``, ``[v6]:port``)."""
+    return urlsplit(f"//{_text(value).strip()}").hostname or ""
+
+
 class TripwireHook:
-    """Wraps ``send`` of an ``httpx``/``httpx2`` package's clients, ``http.client``'s ``putrequest``,
-    or ``aiohttp``'s ``ClientSession._request``."""
+    """Wraps each hop an ``httpx``/``httpx2`` client sends and its default transports,
+    ``http.client``'s ``putrequest`` and ``putheader``, or ``aiohttp``'s ``ClientSession._request``
+    and ``_ws_connect``."""
 
     def __init__(self, guard: GuardRef, package: str) -> None:
         self._guard = guard
         self._package = package
         self._wrapped: list[tuple[Any, str]] = []
+        # http.client: the (method, path, host checked) of a connection's request being written
+        self._writing: weakref.WeakKeyDictionary[Any, tuple[str, str, str]] = weakref.WeakKeyDictionary()
 
     def instrument(self) -> None:
         module = importlib.import_module(self._package)
         targets: list[tuple[Any, str, Callable[..., Any]]]
         if self._package == "http.client":
-            targets = [(module.HTTPConnection, "putrequest", self._putrequest)]
+            targets = [(module.HTTPConnection, "putrequest", self._putrequest),
+                       (module.HTTPConnection, "putheader", self._putheader)]
         elif self._package == "aiohttp":
-            targets = [(module.ClientSession, "_request", self._arequest)]
-        else:
-            targets = [(module.Client, "send", self._send), (module.AsyncClient, "send", self._asend)]
+            targets = [(module.ClientSession, "_request", self._arequest),
+                       (module.ClientSession, "_ws_connect", self._ws_connect)]
+        else:  # a client's every hop (after hooks, redirects), and its transports used on their own
+            targets = [(module.Client, "_send_single_request", self._send),
+                       (module.AsyncClient, "_send_single_request", self._asend),
+                       (module.HTTPTransport, "handle_request", self._send),
+                       (module.AsyncHTTPTransport, "handle_async_request", self._asend)]
         for owner, name, wrapper in targets:
             wrapt.wrap_function_wrapper(owner, name, wrapper)
             self._wrapped.append((owner, name))
@@ -78,14 +100,15 @@ class TripwireHook:
             unwrap(owner, name)
         self._wrapped = []
 
-    def _watching(self, host: str) -> Guard | Refusal | None:
-        """The guard, for a request to an LLM host that bypassed every choke point; else None."""
+    def _watching(self, *hosts: str) -> Guard | Refusal | None:
+        """The guard, for a request to an LLM host (any of ``hosts``) that bypassed every choke point; else None."""
         if at_choke_point():
             return None
         guard = self._guard()
         if guard is None:
             return None
-        return guard if guarded_host(host, guard.guarded_hosts if isinstance(guard, Guard) else ()) else None
+        extra = guard.guarded_hosts if isinstance(guard, Guard) else ()
+        return guard if any(guarded_host(host, extra) for host in hosts) else None
 
     def _check(self, method: str, host: str, path: str) -> None:
         """Refuse (raise) or record a request this client cannot be guarded through; a free one passes."""
@@ -97,17 +120,20 @@ class TripwireHook:
         guard.unguarded(unknown(method, host, path))
 
     # httpx / httpx2: guarded through the adapter of the request's wire format
+    def _httpx_watching(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Guard | Refusal | None]:
+        """The request a hop or transport sends (bound to the URL's host, or the ``Host`` header's)."""
+        request = args[0] if args else kwargs["request"]
+        return request, self._watching(str(request.url.host), header_host(request.headers.get("host")))
+
     def _send(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        request = args[0] if args else kwargs.get("request")
-        guard = self._watching(str(getattr(getattr(request, "url", None), "host", "")))
+        request, guard = self._httpx_watching(args, kwargs)
         if guard is None:
             return wrapped(*args, **kwargs)
         return run(guard, lambda: classify(request, args, kwargs, observe_sync), wrapped, args, kwargs)
 
     async def _asend(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        request = args[0] if args else kwargs.get("request")
-        guard = self._watching(str(getattr(getattr(request, "url", None), "host", "")))
+        request, guard = self._httpx_watching(args, kwargs)
         if guard is None:
             return await wrapped(*args, **kwargs)
 
@@ -119,20 +145,39 @@ class TripwireHook:
     # http.client and aiohttp: only method and path are seen, so an LLM call is an unknown endpoint
     def _putrequest(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-        method = args[0] if args else kwargs.get("method", "")
-        url = args[1] if len(args) > 1 else kwargs.get("url", "")
-        host = str(getattr(instance, "host", ""))
-        if "://" in str(url):  # a proxy request carries the absolute URL
-            parts = urlsplit(str(url))
+        method = str(args[0] if args else kwargs.get("method", ""))
+        url = str(args[1] if len(args) > 1 else kwargs.get("url", ""))
+        host = str(getattr(instance, "_tunnel_host", None) or getattr(instance, "host", ""))  # a proxy's tunnel
+        if "://" in url:  # a proxy request carries the absolute URL
+            parts = urlsplit(url)
             host, url = parts.hostname or "", parts.path
-        self._check(str(method), host, str(url))
+        self._writing[instance] = (method, url, host)
+        self._check(method, host, url)
+        return wrapped(*args, **kwargs)
+
+    def _putheader(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        """A ``Host`` header naming another host than the connection's is checked for that host."""
+        writing = self._writing.get(instance)
+        if writing is not None and len(args) > 1 and _text(args[0]).lower() == "host":  # (header, *values)
+            method, path, checked = writing
+            host = header_host(args[1])
+            if host != checked.lower():
+                self._check(method, host, path)
         return wrapped(*args, **kwargs)
 
     async def _arequest(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
         method = args[0] if args else kwargs.get("method", "")
-        url = urlsplit(str(args[1] if len(args) > 1 else kwargs.get("str_or_url", "")))
-        self._check(str(method), url.hostname or "", url.path)
+        url = instance._build_url(args[1] if len(args) > 1 else kwargs.get("str_or_url", ""))  # its base_url
+        self._check(str(method), url.host or "", url.raw_path)
+        return await wrapped(*args, **kwargs)
+
+    async def _ws_connect(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> Any:
+        """A WebSocket session (OpenAI Realtime) is not a call the guard can price: never free."""
+        url = instance._build_url(args[0] if args else kwargs.get("url", ""))
+        self._check("WEBSOCKET", url.host or "", url.raw_path)
         return await wrapped(*args, **kwargs)
 
 

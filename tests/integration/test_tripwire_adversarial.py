@@ -1,0 +1,295 @@
+"""Adversarial review of the transport tripwire: every way found for a request to a known LLM host to
+leave unrecorded or unbounded, each with the request it takes, against the local servers (the
+known host names resolve to 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from agentguard_otel import AgentGuardBlocked
+from tests.conftest import Guarded, GuardFactory, Telemetry
+from tests.integration.known_hosts import OPENAI_HOST, at, resolve_locally
+from tests.servers.base import OMIT_USAGE
+from tests.servers.openai_server import LocalOpenAIServer
+
+CAP = {"limit_usd": 100, "window": "day", "action": "block"}
+ALLOW = {"version": 1, "id": "test", "mode": "enforce", "rules": [{"id": "all", "caps": [CAP]}]}
+BLOCK = {"version": 1, "id": "test", "mode": "enforce",
+         "rules": [{"id": "tiny", "caps": [{"limit_usd": "0.000000001", "window": "call", "action": "block",
+                                            "reason": "test ceiling"}]}]}
+MESSAGES = [{"role": "user", "content": "Review this diff, please."}]
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": MESSAGES}
+UNKNOWN = r"sent outside a guarded SDK is not guarded \(unknown_endpoint: block\)"
+
+
+@pytest.fixture(autouse=True)
+def _known_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolve_locally(monkeypatch)
+
+
+def receipts(g: Guarded, kind: str) -> list[dict[str, Any]]:
+    return [r for r in g.receipts() if r["kind"] == kind]
+
+
+def chat_url(server: LocalOpenAIServer, host: str = OPENAI_HOST) -> str:
+    return f"{at(host, server)}/chat/completions"
+
+
+@pytest.fixture
+def redirector(server: LocalOpenAIServer) -> Iterator[str]:
+    """A host no one watches (127.0.0.1) that answers every request with a 307 to the OpenAI chat URL."""
+    location = chat_url(server)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(307)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/anything"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+# --- httpx: what reaches the wire after Client.send looked at the request ---
+
+# httpx replays a redirected body as a stream, which the guard does not read: an unknown endpoint
+REDIRECTED = rf"POST {OPENAI_HOST}/v1/chat/completions with a body the guard cannot read, {UNKNOWN}"
+
+
+def test_a_redirect_from_an_unwatched_host_to_an_llm_host_is_refused(
+        server: LocalOpenAIServer, redirector: str, guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+    with pytest.raises(AgentGuardBlocked, match=REDIRECTED), httpx.Client(follow_redirects=True) as client:
+        client.post(redirector, json=CHAT)
+    assert server.requests == []
+
+
+def test_an_async_redirect_to_an_llm_host_is_refused(server: LocalOpenAIServer, redirector: str,
+                                                     guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+
+    async def call() -> None:
+        async with httpx.AsyncClient(follow_redirects=True) as client:
+            await client.post(redirector, json=CHAT)
+
+    with pytest.raises(AgentGuardBlocked, match=REDIRECTED):
+        asyncio.run(call())
+    assert server.requests == []
+
+
+def test_a_request_hook_that_changes_the_body_is_seen_by_the_guard(server: LocalOpenAIServer,
+                                                                   guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+
+    def dearer(request: httpx.Request) -> None:  # runs after Client.send was called
+        body = {**json.loads(request.content), "model": "gpt-4o", "max_tokens": 400}
+        request.stream = httpx.ByteStream(json.dumps(body).encode())
+        request._content = json.dumps(body).encode()
+        request.headers["content-length"] = str(len(request._content))
+
+    with httpx.Client(event_hooks={"request": [dearer]}) as client:
+        assert client.post(chat_url(server), json=CHAT).status_code == 200
+    (seen,) = server.requests
+    assert seen.body is not None and seen.body["model"] == "gpt-4o"
+    (decision,) = receipts(g, "decision")
+    assert decision["model_requested"] == "gpt-4o"
+    assert receipts(g, "settlement")[0]["usage"]["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_transport_called_directly_is_guarded(mode: str, server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    guarded(BLOCK, ledger="memory://")
+    request = httpx.Request("POST", chat_url(server), json=CHAT)
+
+    async def call() -> None:
+        async with httpx.AsyncHTTPTransport() as transport:
+            await transport.handle_async_request(request)
+
+    with pytest.raises(AgentGuardBlocked, match="test ceiling"):
+        if mode == "sync":
+            with httpx.HTTPTransport() as transport:
+                transport.handle_request(request)
+        else:
+            asyncio.run(call())
+    assert server.requests == []
+
+
+def test_an_ip_literal_with_the_llm_host_in_its_host_header_is_guarded(
+        server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    guarded(BLOCK, ledger="memory://")
+    with pytest.raises(AgentGuardBlocked, match="test ceiling"):
+        httpx.post(f"http://127.0.0.1:{server.port}/v1/chat/completions", json=CHAT,
+                   headers={"Host": f"{OPENAI_HOST}:{server.port}"})
+    assert server.requests == []
+
+
+# --- http.client: the host the request names, not the socket it is written to ---
+
+def _dead_port() -> int:
+    """A local port nothing listens on: a request that reaches the network fails to connect."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_http_client_with_the_llm_host_in_its_host_header_is_refused(server: LocalOpenAIServer,
+                                                                     guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    with pytest.raises(AgentGuardBlocked, match=rf"POST {OPENAI_HOST}/v1/chat/completions {UNKNOWN}"):
+        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), headers={"Host": OPENAI_HOST})
+    conn.close()
+    assert server.requests == []
+    assert [d["unknown_endpoint"] for d in receipts(g, "decision")] == [True]
+
+
+def test_http_client_through_a_connect_tunnel_is_refused(guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+    conn = http.client.HTTPConnection("127.0.0.1", _dead_port(), timeout=5)  # the proxy
+    conn.set_tunnel(OPENAI_HOST, 443)
+    with pytest.raises(AgentGuardBlocked, match=rf"POST {OPENAI_HOST}/v1/chat/completions {UNKNOWN}"):
+        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT))
+    conn.close()
+
+
+# --- aiohttp ---
+
+def test_aiohttp_with_a_base_url_is_refused(server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+
+    async def call() -> None:
+        async with aiohttp.ClientSession(base_url=f"http://{OPENAI_HOST}:{server.port}") as session, \
+                session.post("/v1/chat/completions", json=CHAT) as response:
+            await response.read()
+
+    with pytest.raises(AgentGuardBlocked, match=UNKNOWN):
+        asyncio.run(call())
+    assert server.requests == []
+
+
+def test_an_aiohttp_websocket_to_an_llm_host_is_refused(server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+
+    async def call() -> None:
+        async with aiohttp.ClientSession() as session, \
+                session.ws_connect(f"ws://{OPENAI_HOST}:{server.port}/v1/realtime?model=gpt-realtime"):
+            pass
+
+    with pytest.raises(AgentGuardBlocked, match=rf"WEBSOCKET {OPENAI_HOST}/v1/realtime {UNKNOWN}"):
+        asyncio.run(call())
+    assert server.requests == []
+    assert [d["unknown_endpoint"] for d in receipts(g, "decision")] == [True]
+
+
+# --- bodies the guard must bound or refuse ---
+
+def test_duplicate_keys_are_a_body_the_guard_cannot_read(server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+    body = b'{"model": "gpt-4o-mini", "model": "gpt-4o", "max_tokens": 50, "messages": ' + \
+        json.dumps(MESSAGES).encode() + b"}"
+    with pytest.raises(AgentGuardBlocked, match="with a body the guard cannot read"):
+        httpx.post(chat_url(server), content=body, headers={"content-type": "application/json"})
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("limit", [1000.0, "1000", True, 1e400, 10**40])
+def test_an_output_limit_that_is_not_an_integer_is_refused(limit: Any, server: LocalOpenAIServer,
+                                                           guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi", "max_tokens": limit}  # default: 16
+    with pytest.raises(AgentGuardBlocked, match="with a body the guard cannot read"):
+        httpx.post(f"{at(OPENAI_HOST, server)}/completions", content=json.dumps(body).encode())
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "n"])
+def test_the_largest_counts_the_guard_reads_are_bounded_in_integers(field: str, server: LocalOpenAIServer,
+                                                                    guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    body = {**CHAT, "max_tokens": 2**24, "n": 2**10}
+    with pytest.raises(AgentGuardBlocked, match="with a body the guard cannot read"):
+        httpx.post(chat_url(server), json={**body, field: body[field] + 1})
+    with pytest.raises(AgentGuardBlocked, match="day cap of rule all reached"):  # a bound far over it
+        httpx.post(chat_url(server), json=body)
+    assert server.requests == []
+    decision = receipts(g, "decision")[-1]
+    assert decision["action"] == "block"
+    assert isinstance(decision["estimated_nano"], int) and decision["estimated_nano"] > 100 * 10**9
+
+
+# --- after the provider answered: settled, never raised into the caller ---
+
+def test_a_response_without_usage_settles_at_the_reservation(server: LocalOpenAIServer,
+                                                             guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    server.usage_next(OMIT_USAGE)
+    response = httpx.post(chat_url(server), json=CHAT)
+    assert response.status_code == 200 and "usage" not in response.json()
+    (decision,) = receipts(g, "decision")
+    (settlement,) = receipts(g, "settlement")
+    assert settlement["cost_source"] == "estimated"
+    assert settlement["actual_nano"] == decision["estimated_nano"] > 0
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, decision["estimated_nano"])
+
+
+def test_a_cut_stream_settles_and_raises_only_the_transport_error(server: LocalOpenAIServer,
+                                                                  guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    server.cut_stream_after(2)
+    with pytest.raises(httpx.RemoteProtocolError), httpx.Client() as client, \
+            client.stream("POST", chat_url(server), json={**CHAT, "stream": True}) as response:
+        for _ in response.iter_bytes():
+            pass
+    (settlement,) = receipts(g, "settlement")
+    assert settlement["actual_nano"] > 0
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, settlement["actual_nano"])
+
+
+def test_a_body_that_is_not_json_reaches_the_caller_unchanged(server: LocalOpenAIServer,
+                                                             guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    server.truncate_next()
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(chat_url(server), json=CHAT)
+    (decision,) = receipts(g, "decision")
+    (settlement,) = receipts(g, "settlement")
+    assert settlement["actual_nano"] == decision["estimated_nano"]
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, decision["estimated_nano"])
+
+
+def test_concurrent_raw_calls_each_get_one_decision_and_one_settlement(
+        server: LocalOpenAIServer, guarded: GuardFactory, otel: Telemetry) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    with httpx.Client() as client, ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: client.post(chat_url(server), json=CHAT).status_code, range(24)))
+    assert statuses == [200] * 24
+    assert len(server.requests) == 24
+    settlements = receipts(g, "settlement")
+    assert len(receipts(g, "decision")) == len(settlements) == 24
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, sum(s["actual_nano"] for s in settlements))
+    assert len(otel.finished()) == 24
