@@ -293,3 +293,82 @@ def test_concurrent_raw_calls_each_get_one_decision_and_one_settlement(
     (state,) = g.guard.ledger.states()
     assert (state.held_nano, state.spent_nano) == (0, sum(s["actual_nano"] for s in settlements))
     assert len(otel.finished()) == 24
+
+
+def test_an_aiohttp_redirect_from_an_unwatched_host_to_an_llm_host_is_refused(
+        server: LocalOpenAIServer, redirector: str, guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+
+    async def call() -> None:
+        async with aiohttp.ClientSession() as session, session.post(redirector, json=CHAT) as response:
+            await response.read()
+
+    with pytest.raises(AgentGuardBlocked, match=rf"POST {OPENAI_HOST}/v1/chat/completions {UNKNOWN}"):
+        asyncio.run(call())
+    assert server.requests == []
+
+
+def _pool_manager(url: str) -> Any:
+    import urllib3
+
+    return urllib3.PoolManager().request("POST", url, body=json.dumps(CHAT).encode())
+
+
+def _mounted_session(url: str) -> Any:
+    import requests
+
+    with requests.Session() as session:
+        session.mount("http://", requests.adapters.HTTPAdapter(max_retries=0, pool_connections=1))
+        return session.post(url, json=CHAT, timeout=5)
+
+
+@pytest.mark.parametrize("send", [_pool_manager, _mounted_session])
+def test_urllib3_and_a_requests_session_with_adapters_are_refused(send: Any, server: LocalOpenAIServer,
+                                                                  guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+    with pytest.raises(AgentGuardBlocked, match=rf"POST {OPENAI_HOST}/v1/chat/completions {UNKNOWN}"):
+        send(chat_url(server))
+    assert server.requests == []
+
+
+def test_a_stream_closed_unread_settles_and_frees_its_hold(server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    with httpx.Client() as client:
+        response = client.send(client.build_request("POST", chat_url(server), json={**CHAT, "stream": True}),
+                               stream=True)
+        response.close()
+    assert len(server.requests) == 1
+    (settlement,) = receipts(g, "settlement")
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, settlement["actual_nano"])
+    assert settlement["actual_nano"] > 0
+
+
+def test_concurrent_async_raw_calls_each_settle_once(server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+
+    async def calls() -> list[int]:
+        async with httpx.AsyncClient() as client:
+            responses = await asyncio.gather(*(client.post(chat_url(server), json=CHAT) for _ in range(16)))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(calls()) == [200] * 16
+    settlements = receipts(g, "settlement")
+    assert len(receipts(g, "decision")) == len(settlements) == len(server.requests) == 16
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, sum(s["actual_nano"] for s in settlements))
+
+
+def test_an_async_sdk_call_is_guarded_once(server: LocalOpenAIServer, guarded: GuardFactory, otel: Telemetry) -> None:
+    import openai
+
+    g = guarded(ALLOW, ledger="memory://")
+
+    async def call() -> None:
+        async with openai.AsyncOpenAI(base_url=at(OPENAI_HOST, server), api_key="sk-test", max_retries=0) as client:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+    asyncio.run(call())
+    assert len(server.requests) == 1
+    assert len(receipts(g, "decision")) == len(receipts(g, "settlement")) == 1
+    assert len(otel.finished()) == 1

@@ -11,9 +11,9 @@ lifecycle is not sending right now is
   (:mod:`~agentguard_otel.providers.raw`), like the SDK's own call; a request no adapter reads is
   an unknown endpoint;
 * on ``http.client`` (which carries ``urllib``, ``urllib3``, ``requests`` and ``botocore``) and
-  ``aiohttp`` (``ClientSession._request``, ``_ws_connect``): only its method and path are seen
-  there, before the body is written, so anything but a free request (a WebSocket included) is an
-  unknown endpoint: refused in enforce mode, recorded as degraded otherwise.
+  ``aiohttp`` (``ClientRequest.send``: each hop, redirects included): only its method and path are
+  seen there, before the body is written, so anything but a free request (a WebSocket's opening GET
+  included) is an unknown endpoint: refused in enforce mode, recorded as degraded otherwise.
 
 The host a request is for is the one its URL, its ``Host`` header or its proxy tunnel names: an IP
 literal carrying ``Host: api.openai.com`` is watched like the name.
@@ -67,8 +67,7 @@ def header_host(value: Any) -> str:
 
 class TripwireHook:
     """Wraps each hop an ``httpx``/``httpx2`` client sends and its default transports,
-    ``http.client``'s ``putrequest`` and ``putheader``, or ``aiohttp``'s ``ClientSession._request``
-    and ``_ws_connect``."""
+    ``http.client``'s ``putrequest`` and ``putheader``, or ``aiohttp``'s ``ClientRequest.send``."""
 
     def __init__(self, guard: GuardRef, package: str) -> None:
         self._guard = guard
@@ -84,8 +83,7 @@ class TripwireHook:
             targets = [(module.HTTPConnection, "putrequest", self._putrequest),
                        (module.HTTPConnection, "putheader", self._putheader)]
         elif self._package == "aiohttp":
-            targets = [(module.ClientSession, "_request", self._arequest),
-                       (module.ClientSession, "_ws_connect", self._ws_connect)]
+            targets = [(module.ClientRequest, "send", self._arequest)]
         else:  # a client's every hop (after hooks, redirects), and its transports used on their own
             targets = [(module.Client, "_send_single_request", self._send),
                        (module.AsyncClient, "_send_single_request", self._asend),
@@ -100,21 +98,24 @@ class TripwireHook:
             unwrap(owner, name)
         self._wrapped = []
 
-    def _watching(self, *hosts: str) -> Guard | Refusal | None:
-        """The guard, for a request to an LLM host (any of ``hosts``) that bypassed every choke point; else None."""
+    def _watching(self, *hosts: str) -> tuple[Guard | Refusal, str] | None:
+        """The guard and the LLM host (the first of ``hosts`` that is one), for a request that
+        bypassed every choke point; else None."""
         if at_choke_point():
             return None
         guard = self._guard()
         if guard is None:
             return None
         extra = guard.guarded_hosts if isinstance(guard, Guard) else ()
-        return guard if any(guarded_host(host, extra) for host in hosts) else None
+        host = next((host for host in hosts if guarded_host(host, extra)), None)
+        return None if host is None else (guard, host)
 
-    def _check(self, method: str, host: str, path: str) -> None:
+    def _check(self, method: str, path: str, *hosts: str) -> None:
         """Refuse (raise) or record a request this client cannot be guarded through; a free one passes."""
-        guard = self._watching(host)
-        if guard is None or target(method, path) is None:
+        watching = self._watching(*hosts)
+        if watching is None or target(method, path) is None:
             return
+        guard, host = watching
         if isinstance(guard, Refusal):
             guard.refuse()
         guard.unguarded(unknown(method, host, path))
@@ -123,7 +124,8 @@ class TripwireHook:
     def _httpx_watching(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Guard | Refusal | None]:
         """The request a hop or transport sends (bound to the URL's host, or the ``Host`` header's)."""
         request = args[0] if args else kwargs["request"]
-        return request, self._watching(str(request.url.host), header_host(request.headers.get("host")))
+        watching = self._watching(str(request.url.host), header_host(request.headers.get("host")))
+        return request, None if watching is None else watching[0]
 
     def _send(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request, guard = self._httpx_watching(args, kwargs)
@@ -152,7 +154,7 @@ class TripwireHook:
             parts = urlsplit(url)
             host, url = parts.hostname or "", parts.path
         self._writing[instance] = (method, url, host)
-        self._check(method, host, url)
+        self._check(method, url, host)
         return wrapped(*args, **kwargs)
 
     def _putheader(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
@@ -163,21 +165,18 @@ class TripwireHook:
             method, path, checked = writing
             host = header_host(args[1])
             if host != checked.lower():
-                self._check(method, host, path)
+                self._check(method, path, host)
         return wrapped(*args, **kwargs)
 
     async def _arequest(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
-        method = args[0] if args else kwargs.get("method", "")
-        url = instance._build_url(args[1] if len(args) > 1 else kwargs.get("str_or_url", ""))  # its base_url
-        self._check(str(method), url.host or "", url.raw_path)
-        return await wrapped(*args, **kwargs)
-
-    async def _ws_connect(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                          kwargs: dict[str, Any]) -> Any:
-        """A WebSocket session (OpenAI Realtime) is not a call the guard can price: never free."""
-        url = instance._build_url(args[0] if args else kwargs.get("url", ""))
-        self._check("WEBSOCKET", url.host or "", url.raw_path)
+        """One hop of an aiohttp request (its URL resolved, redirects followed), before it is written.
+        A WebSocket session (OpenAI Realtime) is not a call the guard can price: never free."""
+        method, url, headers = str(instance.method), instance.url, instance.headers
+        if method != "CONNECT":  # a proxy's tunnel: the request it carries is checked
+            if str(headers.get("upgrade", "")).lower() == "websocket":
+                method = "WEBSOCKET"
+            self._check(method, url.raw_path, url.host or "", header_host(headers.get("host")))
         return await wrapped(*args, **kwargs)
 
 
