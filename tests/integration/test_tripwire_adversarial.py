@@ -15,13 +15,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import aiohttp
+import boto3
 import httpx
 import pytest
 
 from agentguard_otel import AgentGuardBlocked
 from tests.conftest import Guarded, GuardFactory, Telemetry
-from tests.integration.known_hosts import OPENAI_HOST, at, resolve_locally
+from tests.integration.known_hosts import BEDROCK_HOST, OPENAI_HOST, at, resolve_locally
 from tests.servers.base import OMIT_USAGE
+from tests.servers.bedrock_server import LocalBedrockServer
 from tests.servers.openai_server import LocalOpenAIServer
 
 CAP = {"limit_usd": 100, "window": "day", "action": "block"}
@@ -372,3 +374,31 @@ def test_an_async_sdk_call_is_guarded_once(server: LocalOpenAIServer, guarded: G
     assert len(server.requests) == 1
     assert len(receipts(g, "decision")) == len(receipts(g, "settlement")) == 1
     assert len(otel.finished()) == 1
+
+
+@pytest.fixture(scope="module")
+def bedrock_server() -> Iterator[LocalBedrockServer]:
+    with LocalBedrockServer() as srv:
+        yield srv
+
+
+TITAN = "amazon.titan-text-express-v1"  # without a limit, the model generates up to 512 tokens
+
+
+@pytest.mark.parametrize("limit", [4096.0, "4096", 10**40])
+def test_a_bedrock_output_limit_that_is_not_an_integer_is_refused(limit: Any, bedrock_server: LocalBedrockServer,
+                                                                  guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+    bedrock_server.reset()
+    body = {"inputText": "Say hi", "textGenerationConfig": {"maxTokenCount": limit}}
+    with pytest.raises(AgentGuardBlocked, match="with a body the guard cannot read"):
+        httpx.post(f"{at(BEDROCK_HOST, bedrock_server)}/model/{TITAN}/invoke", json=body,
+                   headers={"authorization": "Bearer bedrock-api-key"})
+    c = boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=bedrock_server.url,
+                     aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="fake-secret")
+    with pytest.raises(AgentGuardBlocked, match="InvokeModel without a readable model id or output limit"):
+        c.invoke_model(modelId=TITAN, body=json.dumps(body))
+    with pytest.raises(AgentGuardBlocked, match="Converse without a readable model id or output limit"):
+        c.converse(modelId="amazon.nova-lite-v1:0", messages=[{"role": "user", "content": [{"text": "hi"}]}],
+                   inferenceConfig={"maxTokens": 10**40})
+    assert bedrock_server.requests == []

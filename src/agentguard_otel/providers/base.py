@@ -26,6 +26,20 @@ def get_path(obj: Any, path: Path) -> Any:
     return obj
 
 
+MAX_OUTPUT_TOKENS = 2**24  # more than any model generates in one call
+MAX_CHOICES = 2**10  # more choices than any API generates for one call
+
+
+def counts(values: list[Any], ceiling: int) -> list[int] | None:
+    """The counts set among ``values`` (None: not set), or None when one is anything but a whole
+    number up to ``ceiling`` (a float, a string, a bool, 1e400): a provider may read it as a count
+    the guard would not have bounded, and no price is computed from a count no model has."""
+    given = [v for v in values if v is not None]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= ceiling for v in given):
+        return given
+    return None
+
+
 def normalise_path(path: str) -> str:
     """A URL path as a server resolves it: percent-decoded, empty and dot segments resolved, no
     trailing slash. Endpoint tables are matched against this, so no spelling slips past them."""

@@ -34,10 +34,12 @@ from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Integration
 from agentguard_otel.providers.anthropic import tool_use_overhead_tokens
 from agentguard_otel.providers.base import (
+    MAX_OUTPUT_TOKENS,
     InputMeasure,
     Path,
     UsageFields,
     caused_by,
+    counts,
     find_unseen,
     get_path,
     measure_input,
@@ -383,7 +385,7 @@ def classify(client: Any, operation_name: str, params: Mapping[str, Any]) -> Pre
     prepared = prepare(client, operation_name, params) if service == SERVICE else None
     if prepared is not None:
         return prepared
-    reason = "" if operation_name not in OPERATIONS else " without a readable model id"
+    reason = "" if operation_name not in OPERATIONS else " without a readable model id or output limit"
     return UnknownEndpoint(PROVIDER, f"{service} {operation_name}{reason}", _server(client)[0])
 
 
@@ -425,7 +427,10 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
                 videos += measure_input(body[name], _is_video).images if media is not _is_image else 0
         listed = body.get(family.item_field) if family.item_field else None
         items = len(listed) if isinstance(listed, list) else 1
-    asked = get_path(body, family.max_output) if family.max_output and body is not None else None
+    asked = counts([get_path(body, family.max_output) if family.max_output and body is not None else None],
+                   MAX_OUTPUT_TOKENS)
+    if asked is None:  # a limit the guard cannot bound (a float, a string, past any model's)
+        return None
     fields = [body.get(name) for name in family.input_fields] if body is not None else None
     unseen = find_unseen(fields, _unseen, media) if body is not None else None
     # Tools come with a tool-use system prompt the provider adds (documented for Claude; bounded the
@@ -442,8 +447,7 @@ def describe(operation_name: str, params: Mapping[str, Any], server: tuple[str |
         input_items=items,
         input_images=measure.images - videos,
         input_overhead_tokens=NOVA_VIDEO_TOKENS * videos + tool_use_overhead_tokens(tools),
-        max_output_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool)
-        else family.default_max_output,
+        max_output_tokens=asked[0] if asked else family.default_max_output,
         server_address=host,
         server_port=port,
         timeout_seconds=timeout_seconds,

@@ -30,8 +30,11 @@ from agentguard_otel.guard import Guard
 from agentguard_otel.lifecycle import Classified, FollowUp, Settler, run, run_async
 from agentguard_otel.providers import GuardRef
 from agentguard_otel.providers.base import (
+    MAX_CHOICES,
+    MAX_OUTPUT_TOKENS,
     InputMeasure,
     caused_by,
+    counts,
     ends_with,
     get_path,
     matches,
@@ -236,20 +239,6 @@ def route(adapter: StainlessAdapter, method: str, path: str, root: str) -> tuple
     return f"{method} {path}"
 
 
-MAX_OUTPUT_TOKENS = 2**24  # more than any model generates in one call
-MAX_CHOICES = 2**10  # more choices than any API generates for one call
-
-
-def _counts(values: list[Any], ceiling: int) -> list[int] | None:
-    """The counts set among ``values`` (None: not set), or None when one is anything but a whole
-    number up to ``ceiling`` (a float, a string, a bool, 1e400): a provider may read it as a count
-    the guard would not have bounded, and no price is computed from a count no model has."""
-    given = [v for v in values if v is not None]
-    if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= ceiling for v in given):
-        return given
-    return None
-
-
 def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint], body: dict[str, Any],
              stream: bool, timeout_seconds: float | None, files: Any = None) -> Prepared | None:
     """The LLM request a JSON body (and a multipart request's ``files``) makes at an endpoint, or
@@ -268,9 +257,9 @@ def describe(adapter: StainlessAdapter, client: Any, target: tuple[str, Endpoint
                                    measure.tokens + part.tokens)
     items = body.get(endpoint.item_field) if endpoint.item_field else None
     entries = _fallback_entries(body, endpoint)
-    asked = _counts([body.get(f) for f in endpoint.max_output_fields], MAX_OUTPUT_TOKENS)
-    choices = _counts([body.get(f) for f in endpoint.multiplier_fields], MAX_CHOICES)
-    entry_limits = _counts([get_path(e, (f,)) for e in entries for f in endpoint.max_output_fields],
+    asked = counts([body.get(f) for f in endpoint.max_output_fields], MAX_OUTPUT_TOKENS)
+    choices = counts([body.get(f) for f in endpoint.multiplier_fields], MAX_CHOICES)
+    entry_limits = counts([get_path(e, (f,)) for e in entries for f in endpoint.max_output_fields],
                            MAX_OUTPUT_TOKENS)
     if asked is None or choices is None or entry_limits is None:
         return None
