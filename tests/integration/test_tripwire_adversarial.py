@@ -402,3 +402,38 @@ def test_a_bedrock_output_limit_that_is_not_an_integer_is_refused(limit: Any, be
         c.converse(modelId="amazon.nova-lite-v1:0", messages=[{"role": "user", "content": [{"text": "hi"}]}],
                    inferenceConfig={"maxTokens": 10**40})
     assert bedrock_server.requests == []
+
+
+def test_httpx_through_a_proxy_is_guarded_by_the_url_it_asks_for(server: LocalOpenAIServer,
+                                                                 guarded: GuardFactory) -> None:
+    g = guarded(BLOCK, ledger="memory://")
+    with pytest.raises(AgentGuardBlocked, match="test ceiling"), \
+            httpx.Client(proxy=f"http://127.0.0.1:{_dead_port()}") as client:
+        client.post(chat_url(server), json=CHAT)
+    assert [d["action"] for d in receipts(g, "decision")] == ["block"]
+
+
+def test_a_request_that_never_reaches_its_proxy_releases_its_hold(guarded: GuardFactory,
+                                                                  server: LocalOpenAIServer) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    with pytest.raises(httpx.ConnectError), httpx.Client(proxy=f"http://127.0.0.1:{_dead_port()}") as client:
+        client.post(chat_url(server), json=CHAT)
+    (settlement,) = receipts(g, "settlement")
+    assert (settlement["outcome"], settlement["actual_nano"]) == ("error", 0)  # never connected: nothing billed
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, 0)
+
+
+@pytest.mark.parametrize("body", [
+    {"content": json.dumps(CHAT).encode(), "headers": {"content-encoding": "gzip"}},
+    {"files": {"file": ("a.json", json.dumps(CHAT).encode())}},
+    {"data": {"model": "gpt-4o-mini", "max_tokens": "50"}},
+    {"json": [CHAT]},
+    {"content": b"\xff\xfe not json"},
+], ids=["compressed", "multipart", "form", "json-list", "bytes"])
+def test_a_body_that_is_not_one_json_object_is_refused(body: dict[str, Any], server: LocalOpenAIServer,
+                                                       guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+    with pytest.raises(AgentGuardBlocked, match="with a body the guard cannot read"):
+        httpx.post(chat_url(server), **body)
+    assert server.requests == []
