@@ -1,5 +1,6 @@
 """What every framework test asserts, in one place: the policy they run under, exact settlement of
-what the server answered, one guard span per call, and spending until the cap blocks."""
+what the server answered, streams left early, provider errors, one guard span per call, and
+spending until the cap blocks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ CAP_REASON = "framework test cap"
 TEAM_REASON = "team capped"
 CAPPED_TEAM = "capped"
 MAX_OUTPUT_TOKENS = 32  # injected on every call: above the servers' 24-word reply, so replies finish
+PROVIDER_ERROR = "injected failure: the prompt was 'Review this diff, please.'"
 
 
 def policy(limit_usd: str) -> dict[str, Any]:
@@ -72,9 +74,6 @@ def assert_left_early(handle: Guarded, calls: int, outcomes: Iterable[str] = ("a
     assert (daily.spent_nano, daily.held_nano) == (sum(s["actual_nano"] for s in settled), 0)
 
 
-PROVIDER_ERROR = "injected failure: the prompt was 'Review this diff, please.'"
-
-
 def fail_next_call(server: Any) -> None:
     """The next request gets a 400 (not retried) whose message quotes the prompt."""
     server.fail_next(400, message=PROVIDER_ERROR)
@@ -84,11 +83,7 @@ def assert_provider_error_released(handle: Guarded, otel: Telemetry, error: Base
     """After :func:`fail_next_call`: the provider's error reached the caller (none of ours in it),
     the call settled ``error`` with its status and released its hold, and the error's text is in
     no receipt, span or log record."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = error
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
+    chain = causes(error)
     assert not any(isinstance(e, AgentGuardBlocked) for e in chain)
     assert 400 in {getattr(e, "status_code", None) for e in chain}
     (settled,) = receipts(handle, "settlement")
@@ -113,13 +108,21 @@ def assert_one_span_per_call(otel: Telemetry, handle: Guarded) -> None:
     assert sorted(s.attributes["agentguard.receipt.hash"] for s in spans) == sorted(d["hash"] for d in decisions)
 
 
+def causes(error: BaseException) -> list[BaseException]:
+    """``error`` and what it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
+
+
 def ours(error: BaseException) -> AgentGuardBlocked:
     """The AgentGuardBlocked a framework raised, as is or as the cause of its own error."""
-    seen: BaseException | None = error
-    while seen is not None and not isinstance(seen, AgentGuardBlocked):
-        seen = seen.__cause__ or seen.__context__
-    assert isinstance(seen, AgentGuardBlocked), f"not the guard's: {error!r}"
-    return seen
+    blocked = [e for e in causes(error) if isinstance(e, AgentGuardBlocked)]
+    assert blocked, f"not the guard's: {error!r}"
+    return blocked[0]
 
 
 def assert_blocked(call: Callable[[], Any], server: Any, handle: Guarded, reason: str = CAP_REASON, *,
