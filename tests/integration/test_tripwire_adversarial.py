@@ -21,7 +21,7 @@ import pytest
 
 from agentguard_otel import AgentGuardBlocked
 from tests.conftest import Guarded, GuardFactory, Telemetry
-from tests.integration.known_hosts import BEDROCK_HOST, OPENAI_HOST, at, resolve_locally
+from tests.integration.known_hosts import ANTHROPIC_HOST, BEDROCK_HOST, OPENAI_HOST, at, resolve_locally
 from tests.servers.base import OMIT_USAGE
 from tests.servers.bedrock_server import LocalBedrockServer
 from tests.servers.openai_server import LocalOpenAIServer
@@ -437,3 +437,70 @@ def test_a_body_that_is_not_one_json_object_is_refused(body: dict[str, Any], ser
     with pytest.raises(AgentGuardBlocked, match="with a body the guard cannot read"):
         httpx.post(chat_url(server), **body)
     assert server.requests == []
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": 10**30, "completion_tokens": 10**30, "total_tokens": 2 * 10**30},
+    {"prompt_tokens": -5, "completion_tokens": -7, "total_tokens": -12},
+    {"prompt_tokens": 1.5, "completion_tokens": "9", "total_tokens": None},
+], ids=["huge", "negative", "not-integers"])
+def test_a_usage_no_call_has_never_raises_into_the_caller(usage: dict[str, Any], server: LocalOpenAIServer,
+                                                          guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    server.usage_next(usage)
+    response = httpx.post(chat_url(server), json=CHAT)
+    assert response.status_code == 200 and response.json()["usage"] == usage
+    (decision,) = receipts(g, "decision")
+    (settlement,) = receipts(g, "settlement")
+    # not believed: settled at the reservation, degraded
+    assert (settlement["cost_source"], settlement["degraded"]) == ("estimated", True)
+    assert settlement["actual_nano"] == decision["estimated_nano"] > 0
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, settlement["actual_nano"])
+
+
+@pytest.fixture
+def anthropic_erroring_stream() -> Iterator[str]:
+    """An Anthropic Messages URL whose stream starts, then reports an ``overloaded_error`` event and ends."""
+    events = [("message_start", {"type": "message_start", "message": {
+                  "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "content": [],
+                  "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "Hel"}}),
+              ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
+    payload = b"".join(f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://{ANTHROPIC_HOST}:{httpd.server_address[1]}/v1/messages"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_an_error_event_mid_stream_reaches_the_caller_and_the_call_settles(
+        anthropic_erroring_stream: str, guarded: GuardFactory) -> None:
+    g = guarded(ALLOW, ledger="memory://")
+    body = {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": MESSAGES, "stream": True}
+    with httpx.Client() as client, client.stream("POST", anthropic_erroring_stream, json=body,
+                                                 headers={"x-api-key": "sk-ant-test"}) as response:
+        received = b"".join(response.iter_bytes())
+    assert b"overloaded_error" in received
+    (decision,) = receipts(g, "decision")
+    (settlement,) = receipts(g, "settlement")
+    assert 0 < settlement["actual_nano"] <= decision["estimated_nano"]
+    (state,) = g.guard.ledger.states()
+    assert (state.held_nano, state.spent_nano) == (0, settlement["actual_nano"])
