@@ -17,7 +17,13 @@ CAP_REASON = "framework test cap"
 TEAM_REASON = "team capped"
 CAPPED_TEAM = "capped"
 MAX_OUTPUT_TOKENS = 32  # injected on every call: above the servers' 24-word reply, so replies finish
+DIFF = "+ print('hello')"  # what the tools the tests give a model return
 PROVIDER_ERROR = "injected failure: the prompt was 'Review this diff, please.'"
+
+
+def read_diff(path: str) -> str:
+    """The diff of one file."""
+    return f"{path}: {DIFF}"
 
 
 def policy(limit_usd: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from tests.frameworks.support import (
     fail_next_call,
     ours,
     policy,
+    read_diff,
     receipts,
     spend_until_blocked,
 )
@@ -93,11 +94,6 @@ def test_stream_and_astream_settle_exactly(backend: Backend, run: Run[Any], guar
     assert [r["stream"] for r in receipts(handle, "decision")] == [True, True]
     assert_settled(handle, backend.server, [usage(s) for s in streamed])
     assert_one_span_per_call(otel, handle)
-
-
-def read_diff(path: str) -> str:
-    """The diff of one file."""
-    return f"{path}: + print('hello')"
 
 
 def test_a_tool_call_answer_settles_exactly(backend: Backend, guarded: GuardFactory, otel: Telemetry) -> None:

@@ -31,6 +31,7 @@ from tests.conftest import GuardFactory, Telemetry
 from tests.frameworks.conftest import Run
 from tests.frameworks.support import (
     CAPPED_TEAM,
+    DIFF,
     MAX_OUTPUT_TOKENS,
     TEAM_REASON,
     assert_blocked,
@@ -41,6 +42,7 @@ from tests.frameworks.support import (
     fail_next_call,
     ours,
     policy,
+    read_diff,
     receipts,
     spend_until_blocked,
 )
@@ -49,16 +51,12 @@ from tests.servers.openai_server import LocalOpenAIServer
 PROMPT = "Review this diff, please."
 LIMIT_USD = "0.0001"  # a few runs of gpt-4o-mini, then the daily cap blocks
 NO_TRACING = RunConfig(tracing_disabled=True)  # the SDK's switch: no trace export to OpenAI's servers
-DIFF = "+ print('hello')"
 # cancel() stops the run's task: its stream is abandoned, or was already read to its end (the SDK
 # reads the model's stream in a task of its own, ahead of the caller): settled either way.
 LEFT_EARLY = ("abandoned", "ok")
 
 
-@function_tool
-def read_diff(path: str) -> str:
-    """The diff of one file."""
-    return f"{path}: {DIFF}"
+READ_DIFF = function_tool(read_diff)
 
 
 PATHS = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}
@@ -104,7 +102,7 @@ def reviewer(server: LocalOpenAIServer, api: str = "responses") -> Agent[Any]:
     client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
     model = (OpenAIResponsesModel(model="gpt-4o-mini", openai_client=client) if api == "responses" else
              OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client))
-    return Agent(name="reviewer", instructions="Review the diff.", tools=[read_diff], model=model,
+    return Agent(name="reviewer", instructions="Review the diff.", tools=[READ_DIFF], model=model,
                  model_settings=ModelSettings(max_tokens=MAX_OUTPUT_TOKENS, include_usage=api == "chat" or None))
 
 

@@ -29,6 +29,7 @@ from tests.conftest import GuardFactory, Telemetry
 from tests.frameworks.conftest import Run
 from tests.frameworks.support import (
     CAPPED_TEAM,
+    DIFF,
     MAX_OUTPUT_TOKENS,
     TEAM_REASON,
     assert_blocked,
@@ -40,6 +41,7 @@ from tests.frameworks.support import (
     guard_spans,
     ours,
     policy,
+    read_diff,
     receipts,
     spend_until_blocked,
 )
@@ -47,7 +49,6 @@ from tests.servers.openai_server import LocalOpenAIServer
 
 PROMPT = "Review this diff, please."
 NANO_PER_USD = Decimal(10**9)
-DIFF = "+ print('hello')"
 # Leaving run_stream early: the model's stream is abandoned, or was already read to its end (the
 # run reads it in a task of its own, ahead of the caller): settled either way, nothing held.
 LEFT_EARLY = ("abandoned", "ok")
@@ -123,11 +124,7 @@ def test_a_tool_call_run_is_two_guarded_requests(backend: Backend, streamed: boo
     requests are decided, sent and settled exactly."""
     handle = guarded(policy("1"))
 
-    @backend.agent.tool_plain
-    def read_diff(path: str) -> str:
-        """The diff of one file."""
-        return f"{path}: {DIFF}"
-
+    backend.agent.tool_plain(read_diff)
     backend.server.call_tool_next("read_diff", '{"path": "app.py"}')
 
     async def streamed_run() -> tuple[str, list[ModelMessage]]:
