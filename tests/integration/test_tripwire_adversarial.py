@@ -504,3 +504,29 @@ def test_an_error_event_mid_stream_reaches_the_caller_and_the_call_settles(
     assert 0 < settlement["actual_nano"] <= decision["estimated_nano"]
     (state,) = g.guard.ledger.states()
     assert (state.held_nano, state.spent_nano) == (0, settlement["actual_nano"])
+
+
+class _AlsoAsksAnthropic(httpx.BaseTransport):
+    """A transport that, while carrying an SDK's request, sends a request of its own to another LLM host."""
+
+    def __init__(self, anthropic_url: str) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._url = anthropic_url
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": MESSAGES}
+        httpx.post(self._url, json=body, headers={"x-api-key": "sk-ant-test"})
+        return self._inner.handle_request(request)
+
+
+def test_a_request_a_transport_sends_while_carrying_an_sdk_call_is_guarded_on_its_own(
+        server: LocalOpenAIServer, anthropic_erroring_stream: str, guarded: GuardFactory) -> None:
+    import openai
+
+    g = guarded(ALLOW, ledger="memory://")
+    client = openai.OpenAI(base_url=at(OPENAI_HOST, server), api_key="sk-test", max_retries=0,
+                           http_client=httpx.Client(transport=_AlsoAsksAnthropic(anthropic_erroring_stream)))
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    assert len(server.requests) == 1
+    assert sorted(d["model_requested"] for d in receipts(g, "decision")) == ["claude-haiku-4-5", "gpt-4o-mini"]
+    assert len(receipts(g, "settlement")) == 2

@@ -19,7 +19,9 @@ The host a request is for is the one its URL, its ``Host`` header or its proxy t
 literal carrying ``Host: api.openai.com`` is watched like the name.
 
 A request the lifecycle sends (an SDK call, or an httpx request guarded here and carried on by an
-aiohttp transport) is not looked at again: one decision, one span.
+aiohttp transport) is not looked at again: one decision, one span. An httpx request sent while
+another one is being carried (a transport that asks another LLM on the side) is a request of its
+own, watched even under an SDK's choke point.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +57,35 @@ KNOWN_LLM_HOSTS = (
 def guarded_host(host: str, extra: tuple[str, ...]) -> bool:
     name = host.lower().rstrip(".")
     return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in (*KNOWN_LLM_HOSTS, *extra))
+
+
+# The httpx request a client hop or transport is carrying now: any other one sent meanwhile is nested.
+_HOP: ContextVar[Any] = ContextVar("agentguard_httpx_hop", default=None)
+
+
+def _hop_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs["request"]
+
+
+def _carrying(send: Callable[..., Any]) -> Callable[..., Any]:
+    """``send`` (a hop or transport), marking the request it carries while it runs."""
+    def carry(*args: Any, **kwargs: Any) -> Any:
+        token = _HOP.set(_hop_request(args, kwargs))
+        try:
+            return send(*args, **kwargs)
+        finally:
+            _HOP.reset(token)
+    return carry
+
+
+def _acarrying(send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def carry(*args: Any, **kwargs: Any) -> Any:
+        token = _HOP.set(_hop_request(args, kwargs))
+        try:
+            return await send(*args, **kwargs)
+        finally:
+            _HOP.reset(token)
+    return carry
 
 
 def _text(value: Any) -> str:
@@ -98,10 +130,10 @@ class TripwireHook:
             unwrap(owner, name)
         self._wrapped = []
 
-    def _watching(self, *hosts: str) -> tuple[Guard | Refusal, str] | None:
+    def _watching(self, *hosts: str, nested: bool = False) -> tuple[Guard | Refusal, str] | None:
         """The guard and the LLM host (the first of ``hosts`` that is one), for a request that
-        bypassed every choke point; else None."""
-        if at_choke_point():
+        bypassed every choke point (or is ``nested`` in a request being carried); else None."""
+        if at_choke_point() and not nested:
             return None
         guard = self._guard()
         if guard is None:
@@ -123,26 +155,32 @@ class TripwireHook:
     # httpx / httpx2: guarded through the adapter of the request's wire format
     def _httpx_watching(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Guard | Refusal | None]:
         """The request a hop or transport sends (bound to the URL's host, or the ``Host`` header's)."""
-        request = args[0] if args else kwargs["request"]
-        watching = self._watching(str(request.url.host), header_host(request.headers.get("host")))
+        request = _hop_request(args, kwargs)
+        carried = _HOP.get()
+        if carried is request:  # the hop's own transport, carrying it on
+            return request, None
+        watching = self._watching(str(request.url.host), header_host(request.headers.get("host")),
+                                  nested=carried is not None)
         return request, None if watching is None else watching[0]
 
     def _send(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request, guard = self._httpx_watching(args, kwargs)
+        send = _carrying(wrapped)
         if guard is None:
-            return wrapped(*args, **kwargs)
-        return run(guard, lambda: classify(request, args, kwargs, observe_sync), wrapped, args, kwargs)
+            return send(*args, **kwargs)
+        return run(guard, lambda: classify(request, args, kwargs, observe_sync), send, args, kwargs)
 
     async def _asend(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
         request, guard = self._httpx_watching(args, kwargs)
+        send = _acarrying(wrapped)
         if guard is None:
-            return await wrapped(*args, **kwargs)
+            return await send(*args, **kwargs)
 
         async def classified() -> Classified:
             return classify(request, args, kwargs, observe_async)
 
-        return await run_async(guard, classified, wrapped, args, kwargs)
+        return await run_async(guard, classified, send, args, kwargs)
 
     # http.client and aiohttp: only method and path are seen, so an LLM call is an unknown endpoint
     def _putrequest(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
