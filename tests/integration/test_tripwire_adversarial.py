@@ -166,6 +166,33 @@ def test_http_client_with_the_llm_host_in_its_host_header_is_refused(server: Loc
     assert [d["unknown_endpoint"] for d in receipts(g, "decision")] == [True]
 
 
+def test_in_shadow_mode_a_host_header_request_is_recorded_once_and_sent(server: LocalOpenAIServer,
+                                                                       guarded: GuardFactory) -> None:
+    g = guarded({**ALLOW, "mode": "shadow"}, ledger="memory://")
+    for host in (OPENAI_HOST, "127.0.0.1"):  # the connection's own host, then another in its Host header
+        conn = http.client.HTTPConnection(host, server.port, timeout=5)
+        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), headers={"Host": OPENAI_HOST})
+        assert conn.getresponse().read()
+        conn.close()
+    assert len(server.requests) == 2
+    assert [(d["action"], d["unknown_endpoint"]) for d in receipts(g, "decision")] == [("allow", True)] * 2
+
+
+def test_aiohttp_to_an_ip_literal_with_the_llm_host_in_its_host_header_is_refused(
+        server: LocalOpenAIServer, guarded: GuardFactory) -> None:
+    guarded(ALLOW, ledger="memory://")
+
+    async def call() -> None:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{server.port}/v1/chat/completions", json=CHAT,
+                headers={"Host": OPENAI_HOST}) as response:
+            await response.read()
+
+    with pytest.raises(AgentGuardBlocked, match=rf"POST {OPENAI_HOST}/v1/chat/completions {UNKNOWN}"):
+        asyncio.run(call())
+    assert server.requests == []
+
+
 def test_http_client_through_a_connect_tunnel_is_refused(guarded: GuardFactory) -> None:
     guarded(ALLOW, ledger="memory://")
     conn = http.client.HTTPConnection("127.0.0.1", _dead_port(), timeout=5)  # the proxy
