@@ -103,7 +103,6 @@ class ResponseInfo:
     response_model: str | None = None
     response_id: str | None = None
     finish_reasons: list[str] = field(default_factory=list)
-    output_bytes: int = 0  # text seen so far: bounds the output of a stream cut short
     problem: str | None = None  # why the usage cannot be trusted (then the reservation is settled)
     deferred: bool = False  # the provider accepted the work and reports its usage later (background)
     service_tier: str | None = None  # the tier the provider says it processed the call at (STANDARD_TIER: its default)

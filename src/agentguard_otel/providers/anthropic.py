@@ -58,7 +58,6 @@ USAGE = UsageFields(
     input_excludes_cache=True,  # Anthropic's input_tokens leaves out cache reads and writes
 )
 _IMAGE_PARTS = frozenset({"image", "document"})
-_DELTA_TEXT_FIELDS = ("text", "partial_json", "thinking")
 
 
 def read_usage(usage: Any) -> TokenUsage | None:
@@ -76,10 +75,6 @@ def read_usage(usage: Any) -> TokenUsage | None:
         return tokens
     return dataclasses.replace(tokens, input_tokens=tokens.input_tokens + unattributed,
                                cache_write_tokens=tokens.cache_write_tokens + unattributed)
-
-
-def _text_bytes(value: Any) -> int:
-    return len(value.encode("utf-8")) if isinstance(value, str) else 0
 
 
 class MessagesReader:
@@ -103,12 +98,7 @@ class MessagesReader:
 
     def on_event(self, event: str | None, data: Any) -> bool:
         kind = data.get("type")
-        if kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            self.info.output_bytes += sum(_text_bytes(delta.get(name)) for name in _DELTA_TEXT_FIELDS)
-            if self._usage and not self._final_output:
-                self._update({})
-        elif kind == "message_start":
+        if kind == "message_start":
             message = data.get("message") or {}
             self._message(message)
             self._update(message.get("usage") or {})
@@ -120,6 +110,8 @@ class MessagesReader:
                 self.info.finish_reasons.append(str(reason))
         elif kind == "message_stop":
             self.complete = True
+            if not self._final_output:
+                self.info.problem = "the stream ended without its final usage (message_delta)"
         return False
 
     def _message(self, message: Any) -> None:
@@ -127,17 +119,12 @@ class MessagesReader:
         self.info.response_id = get_path(message, ("id",)) or self.info.response_id
 
     def _update(self, usage: Mapping[str, Any]) -> None:
-        """Merge reported usage (``message_delta`` counts are cumulative); until the final output
-        count arrives, every output byte seen bounds the output tokens (a token is >= 1 byte), so
-        a stream cut short settles what it delivered."""
+        """Merge reported usage (``message_delta`` counts are cumulative)."""
         self._usage.update((name, value) for name, value in usage.items() if value is not None)
         self.info.service_tier = reported_tier(self._usage.get("speed"))
         if not self._usage:
             return  # nothing reported (yet): not a malformed report
-        tokens = read_usage(self._usage)
-        if tokens is not None and not self._final_output:
-            tokens = dataclasses.replace(tokens, output_tokens=max(tokens.output_tokens, self.info.output_bytes))
-        self.info.usage = tokens
+        self.info.usage = read_usage(self._usage)
 
 
 FAST_SPEED = "fast"

@@ -80,7 +80,6 @@ class Family:
     usage: UsageFields | None = None  # usage in a whole response body, relative to ``usage_at``
     usage_at: Path = ("usage",)
     results: Path | None = None  # a list of results, each read like a stream chunk (Titan)
-    text: tuple[Path, ...] = ()  # output text in a stream chunk (or a result)
     stop: tuple[Path, ...] = ()  # stop reason in a body, a result or a stream chunk
 
     def matches(self, model_id: str) -> bool:
@@ -107,7 +106,6 @@ FAMILIES: tuple[Family, ...] = (
         usage=UsageFields(input=("input_tokens",), output=("output_tokens",),
                           cache_read=("cache_read_input_tokens",), cache_write=("cache_creation_input_tokens",),
                           input_excludes_cache=True),
-        text=(("delta", "text"), ("delta", "partial_json")),
         stop=(("stop_reason",), ("delta", "stop_reason")),
     ),
     Family(
@@ -116,20 +114,18 @@ FAMILIES: tuple[Family, ...] = (
         usage=UsageFields(input=("inputTokens",), output=("outputTokens",),
                           cache_read=("cacheReadInputTokenCount",), cache_write=("cacheWriteInputTokenCount",),
                           input_excludes_cache=True),
-        text=(("contentBlockDelta", "delta", "text"),),
         stop=(("stopReason",), ("messageStop", "stopReason")),
     ),
     Family(
         name="titan", stems=("amazon.titan-text",), input_fields=("inputText",), item_field=None,
         max_output=("textGenerationConfig", "maxTokenCount"), default_max_output=512,
         usage=UsageFields(input=("inputTextTokenCount",), output=("tokenCount",)), usage_at=(),
-        results=("results",), text=(("outputText",),), stop=(("completionReason",),),
+        results=("results",), stop=(("completionReason",),),
     ),
     Family(
         name="llama", stems=("meta.llama",), input_fields=("prompt",), item_field=None,
         max_output=("max_gen_len",), default_max_output=512,
         usage=UsageFields(input=("prompt_token_count",), output=("generation_token_count",)), usage_at=(),
-        text=(("generation",),), stop=(("stop_reason",),),
     ),
 )
 # Any other model's InvokeModel body: all of it is input, no known output limit, usage from headers.
@@ -211,10 +207,6 @@ def _with_path(obj: Mapping[str, Any], path: Path, value: Any) -> dict[str, Any]
     return {**obj, head: _with_path(inner if isinstance(inner, Mapping) else {}, rest, value) if rest else value}
 
 
-def _text_bytes(value: Any) -> int:
-    return len(value.encode("utf-8")) if isinstance(value, str) else 0
-
-
 @dataclass(frozen=True)
 class Operation:
     stream: bool
@@ -277,10 +269,6 @@ class BedrockReader:
         return False
 
     def _converse_event(self, data: Any) -> None:
-        delta = get_path(data, ("contentBlockDelta", "delta"))
-        if delta is not None:
-            self.info.output_bytes += sum(_text_bytes(get_path(delta, p)) for p in
-                                          (("text",), ("toolUse", "input"), ("reasoningContent", "text")))
         stop = get_path(data, ("messageStop", "stopReason"))
         if stop:
             self.info.finish_reasons.append(stop)
@@ -291,7 +279,6 @@ class BedrockReader:
 
     def _invoke_chunk(self, chunk: Any) -> None:
         family = self.family
-        self.info.output_bytes += sum(_text_bytes(get_path(chunk, p)) for p in family.text)
         self.info.finish_reasons.extend(r for p in family.stop if isinstance(r := get_path(chunk, p), str))
         metrics = get_path(chunk, (INVOCATION_METRICS,))
         if metrics is not None:
@@ -530,8 +517,6 @@ class BedrockExchange:
             read_whole(reader, parsed)
         info = reader.info
         usage_from_headers(info, get_path(result, ("ResponseMetadata", "HTTPHeaders")) or {})
-        if info.usage is None:
-            info.output_bytes = len(data)  # no usage reported: the output is within these bytes
         settler.finish(info)
         return result
 

@@ -232,10 +232,6 @@ def provider_cost_nano(usage: Any) -> int | None:
     return nano
 
 
-def _text_bytes(value: Any) -> int:
-    return len(value.encode("utf-8")) if isinstance(value, str) else 0
-
-
 class _Reader:
     """Shared bookkeeping of every OpenAI response reader."""
 
@@ -278,10 +274,6 @@ class ChoicesReader(_Reader):
         info = self.info
         choices = data.get("choices") or []
         for choice in choices:
-            delta = choice.get("delta") or {}
-            info.output_bytes += _text_bytes(delta.get("content")) + _text_bytes(choice.get("text"))
-            for call in delta.get("tool_calls") or []:
-                info.output_bytes += _text_bytes(get_path(call, ("function", "arguments")))
             reason = choice.get("finish_reason")
             if reason:
                 info.finish_reasons.append(reason)
@@ -315,9 +307,7 @@ class ResponsesReader(_Reader):
 
     def on_event(self, event: str | None, data: Any) -> bool:
         kind = data.get("type")
-        if kind == "response.output_text.delta":
-            self.info.output_bytes += _text_bytes(data.get("delta"))
-        elif kind in self._FINAL_EVENTS:
+        if kind in self._FINAL_EVENTS:
             self.on_body(data.get("response") or {})
         elif kind == "response.created":
             self._read(data.get("response") or {})
