@@ -18,10 +18,14 @@ import aiohttp
 import boto3
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentguard_otel import AgentGuardBlocked
+from agentguard_otel.providers.raw import StainlessTarget, target
+from agentguard_otel.providers.tripwire import guarded_host, header_host
 from tests.conftest import Guarded, GuardFactory, Telemetry
-from tests.integration.known_hosts import ANTHROPIC_HOST, BEDROCK_HOST, OPENAI_HOST, at, resolve_locally
+from tests.integration.known_hosts import ANTHROPIC_HOST, BEDROCK_HOST, KNOWN_HOSTS, OPENAI_HOST, at, resolve_locally
 from tests.servers.base import OMIT_USAGE
 from tests.servers.bedrock_server import LocalBedrockServer
 from tests.servers.openai_server import LocalOpenAIServer
@@ -557,3 +561,36 @@ def test_a_request_a_transport_sends_while_carrying_an_sdk_call_is_guarded_on_it
     assert len(server.requests) == 1
     assert sorted(d["model_requested"] for d in receipts(g, "decision")) == ["claude-haiku-4-5", "gpt-4o-mini"]
     assert len(receipts(g, "settlement")) == 2
+
+
+# --- the spellings, as properties ---
+
+def _spelled(text: str, encode: list[bool]) -> str:
+    return "".join(f"%{ord(c):02X}" if enc and c != "/" else c for c, enc in zip(text, encode, strict=False)) \
+        + text[len(encode):]
+
+
+@given(st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings"]),
+       st.lists(st.booleans(), max_size=24), st.lists(st.sampled_from(["", "/.", "/", "/x/.."]), min_size=1,
+                                                       max_size=4), st.sampled_from(["", "/", "?a=1", "?a=/x"]))
+def test_an_llm_path_in_any_spelling_a_server_resolves_is_priced(path: str, encode: list[bool],
+                                                                 detours: list[str], query: str) -> None:
+    head, _, last = path.rpartition("/")
+    spelled = _spelled(head, encode) + "".join(detours) + "/" + _spelled(last, encode[::-1]) + query
+    assert isinstance(target("POST", spelled), StainlessTarget)
+
+
+@given(st.sampled_from(["/v1/chat/completions", "/v1/messages", "/model/m/converse", "/v1/responses"]),
+       st.text(alphabet=";,:*!~$&'()+= \t%", min_size=1, max_size=4))
+def test_an_llm_path_with_anything_after_it_is_never_free(path: str, tail: str) -> None:
+    assert target("POST", path + tail) is not None
+
+
+@given(st.sampled_from(sorted(KNOWN_HOSTS)), st.lists(st.booleans(), max_size=40), st.booleans(),
+       st.none() | st.integers(1, 65535))
+def test_a_known_host_in_any_spelling_of_its_host_header_is_watched(host: str, upper: list[bool], dot: bool,
+                                                                    port: int | None) -> None:
+    name = "".join(c.upper() if up else c for c, up in zip(host, upper, strict=False)) + host[len(upper):]
+    value = name + ("." if dot else "") + (f":{port}" if port else "")
+    assert guarded_host(header_host(value), ())
+    assert guarded_host(header_host(value.encode()), ())
