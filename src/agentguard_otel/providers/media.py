@@ -55,9 +55,29 @@ def audio_length(head: bytes, size: int) -> AudioLength:
     wav = _wav_seconds(head, size)
     if wav is not None:
         return AudioLength(wav, True)
-    if head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+    if _mpeg_audio(head):
         return AudioLength(ceil_div(size * 8, MP3_MIN_BITS_PER_SECOND), True)
     return AudioLength(ceil_div(size * 8, GUESS_BITS_PER_SECOND), False)
+
+
+def _mpeg_audio(head: bytes) -> bool:
+    """Whether the file is MPEG audio (MP3, or Layer I/II) after its ID3v2 tags: the first frame
+    header has a valid version, layer, sample rate and a listed bitrate. An ID3 tag can precede
+    anything (FLAC, AAC), ADTS AAC shares the sync bits (layer 00), and a free-format frame has no
+    bitrate floor: none of them is bounded at 8 kbit/s."""
+    offset = 0
+    while head[offset:offset + 3] == b"ID3" and len(head) >= offset + 10:
+        size = head[offset + 6:offset + 10]
+        if any(byte & 0x80 for byte in size):
+            return False  # not a syncsafe size: not an ID3v2 tag
+        footer = 10 if head[offset + 5] & 0x10 else 0
+        offset += 10 + footer + sum(byte << (7 * (3 - i)) for i, byte in enumerate(size))
+    frame = head[offset:offset + 4]
+    if len(frame) < 4 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (frame[1] >> 3) & 3, (frame[1] >> 1) & 3
+    bitrate, rate = frame[2] >> 4, (frame[2] >> 2) & 3
+    return version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3
 
 
 def _wav_seconds(head: bytes, size: int) -> int | None:
@@ -98,16 +118,18 @@ def _pcm_rate(fmt: bytes) -> int | None:
 
 def read_head(content: Any) -> tuple[bytes, int] | None:
     """(the first :data:`HEAD_BYTES`, the size) of a file's content as the SDK will send it: bytes,
-    or a seekable binary file left where it was. None when it cannot be read without consuming it."""
+    or a seekable binary file, read from its start and left where it was. None when it cannot be
+    read without consuming it."""
     if isinstance(content, (bytes, bytearray, memoryview)):
         data = bytes(content)
         return data[:HEAD_BYTES], len(data)
     with contextlib.suppress(Exception):
         if content.seekable():
             start = content.tell()
-            try:
+            try:  # from the start: httpx seeks a file to 0 before it sends it, whatever its position
+                content.seek(0)
                 head = content.read(HEAD_BYTES)
-                size = content.seek(0, 2) - start
+                size = content.seek(0, 2)
             finally:
                 content.seek(start)
             if isinstance(head, bytes):

@@ -19,7 +19,15 @@ from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.money import usd_to_nano
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Hooks, Integration
-from agentguard_otel.providers.base import MAX_TOKENS, UsageFields, find_unseen, get_path, reported_tier
+from agentguard_otel.providers.base import (
+    MAX_CHOICES,
+    MAX_TOKENS,
+    UsageFields,
+    counts,
+    find_unseen,
+    get_path,
+    reported_tier,
+)
 from agentguard_otel.providers.media import HEAD_BYTES, MediaBound, audio_length, read_head, request_files
 from agentguard_otel.providers.stainless import Endpoint, Prepared, StainlessAdapter, StainlessHook
 from agentguard_otel.providers.stream import BodyReader
@@ -75,22 +83,15 @@ about 15 characters a second at 20 tokens a second, times 4 for the slowest ``sp
 model may pause as long as it likes, so strict estimation refuses these calls."""
 
 
-def _count(value: Any, default: int) -> int | None:
-    """A request's count field (``n``, ``partial_images``): absent is the default; not a whole
-    non-negative number, None (the request cannot be bounded)."""
-    if value is None:
-        return default
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
 def image_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
     """gpt-image output: each of ``n`` images at the table's tokens for its quality and size
     (``auto`` or an unlisted quality: the dearest), plus its streamed partial images; input images
     (edits: files or ``images``, and the mask) counted as images. A size outside the table is
     bounded by the table's dearest entry, unproven."""
-    n, partial = _count(body.get("n"), 1), _count(body.get("partial_images"), 0)
+    n, partial = counts([body.get("n")], MAX_CHOICES), counts([body.get("partial_images")], MAX_CHOICES)
     if n is None or partial is None:
         return None
+    n_images, partials = max(n, default=1) or 1, max(partial, default=0)
     quality, size = str(body.get("quality")), str(body.get("size"))
     rows = [IMAGE_OUTPUT_TOKENS[quality]] if quality in IMAGE_OUTPUT_TOKENS else list(IMAGE_OUTPUT_TOKENS.values())
     listed = size in rows[0]
@@ -100,7 +101,14 @@ def image_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
     images += len(listed_images) if isinstance(listed_images, list) else 0
     unproven = None if listed or body.get("size") in (None, "auto") else \
         f"an image of size {size!r} (not in OpenAI's token table)"
-    return MediaBound(images=images, output_tokens=n * (per_image + partial * PARTIAL_IMAGE_TOKENS), unproven=unproven)
+    return MediaBound(images=images, output_tokens=n_images * (per_image + partials * PARTIAL_IMAGE_TOKENS),
+                      unproven=unproven)
+
+
+def utf16_units(text: str) -> int:
+    """The characters OpenAI can bill for ``text``: it does not say what a character is, and its
+    UTF-16 code units are at least its code points and its grapheme clusters (an emoji is two)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def speech_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
@@ -109,7 +117,7 @@ def speech_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
     if not isinstance(text, str):
         return None
     if str(body.get("model")).startswith(PER_CHARACTER_SPEECH):
-        return MediaBound(characters=len(text))
+        return MediaBound(characters=utf16_units(text))
     return MediaBound(output_tokens=len(text) * SPEECH_AUDIO_TOKENS_PER_CHARACTER,
                       unproven="the length of the audio a token-billed speech model speaks")
 

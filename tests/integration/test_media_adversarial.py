@@ -1,0 +1,76 @@
+"""Adversarial media calls through the real ``openai`` SDK: requests shaped to cost more than their
+strict reservation (a file object left part-way, an MP3-looking file that is not an MP3, characters
+outside the BMP, an absurd image count) are bounded conservatively or refused unsent, and a
+reply that cannot be read never raises into the caller."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from agentguard_otel import AgentGuardBlocked
+from tests.conftest import GuardFactory
+from tests.integration.test_media_pricing import CAP, client, receipts
+from tests.servers.openai_media import wav
+from tests.servers.openai_server import LocalOpenAIServer
+
+MP3_FRAMES = b"\xff\xfb\x90\x00" * 64
+ID3_EMPTY = b"ID3\x04\x00\x00\x00\x00\x00\x00"  # an ID3v2.4 tag of no frames: 10 bytes
+
+
+def test_a_file_object_left_part_way_is_bounded_from_its_start(guarded: GuardFactory,
+                                                               server: LocalOpenAIServer) -> None:
+    """httpx seeks a file object to 0 before it sends it: the whole minute leaves, so the bound
+    must count the whole file, not what follows the caller's position."""
+    handle = guarded(CAP)
+    minute = wav(8_000 * 60, rate=8_000)
+    file = io.BytesIO(minute + ID3_EMPTY + MP3_FRAMES)
+    file.seek(len(minute))  # what is left looks like a 266-byte MP3 (1 s at 8 kbit/s)
+    client(server).audio.transcriptions.create(model="whisper-1", file=("a.wav", file))
+    decision, settlement = receipts(handle)
+    assert settlement["usage"]["input_audio_seconds"] == 60  # the server heard the whole minute
+    assert settlement["actual_nano"] == 60 * 100_000 <= decision["estimated_nano"]
+
+
+@pytest.mark.parametrize("audio", [
+    ID3_EMPTY + b"fLaC" + bytes(64),  # an ID3 tag before a FLAC stream (lossless: no bitrate floor)
+    b"\xff\xf1\x50\x80" + bytes(64),  # an ADTS AAC frame header: the 12-bit sync, layer 00
+    b"ID3\x04\x00\x00\x00\x00\x10\x00" + bytes(64),  # an ID3 tag longer than the file holds
+], ids=["id3-flac", "adts", "id3-past-the-end"])
+def test_a_file_that_only_looks_like_an_mp3_is_refused_in_strict(guarded: GuardFactory, server: LocalOpenAIServer,
+                                                                   audio: bytes) -> None:
+    guarded(CAP)
+    with pytest.raises(AgentGuardBlocked, match="duration of an audio file"):
+        client(server).audio.transcriptions.create(model="whisper-1", file=("a.mp3", audio))
+    assert server.requests == []
+
+
+def test_an_mp3_after_its_id3_tag_is_still_bounded_at_the_lowest_bitrate(guarded: GuardFactory,
+                                                                         server: LocalOpenAIServer) -> None:
+    handle = guarded(CAP)
+    tag = b"ID3\x04\x00\x00\x00\x00\x00\x14" + b"TIT2" + bytes(16)  # a 20-byte tag body
+    mp3 = tag + b"\xff\xfb\x90\x00" * 4_000  # 16,030 bytes
+    client(server).audio.transcriptions.create(model="whisper-1", file=("a.mp3", mp3))
+    decision, _ = receipts(handle)
+    assert decision["estimated_nano"] == 17 * 100_000  # ceil(16,030 x 8 / 8,000) = 17 s
+
+
+def test_speech_characters_outside_the_bmp_are_bounded_by_utf16_units(guarded: GuardFactory,
+                                                                      server: LocalOpenAIServer) -> None:
+    """OpenAI does not say what a character is: a UTF-16 code unit count is at least the code
+    points and the grapheme clusters, so the bound takes it."""
+    handle = guarded(CAP)
+    text = "\U0001F642" * 100 + "e\u0301" * 50  # 100 emoji (2 units each), 50 e + combining acute
+    client(server).audio.speech.create(model="tts-1", input=text, voice="alloy").read()
+    decision, settlement = receipts(handle)
+    assert settlement["usage"]["input_characters"] == 300
+    assert settlement["actual_nano"] == 300 * 15_000 <= decision["estimated_nano"]
+
+
+@pytest.mark.parametrize("n", [10**6, 10**30])
+def test_an_absurd_image_count_is_refused_unsent(guarded: GuardFactory, server: LocalOpenAIServer, n: int) -> None:
+    guarded(CAP)
+    with pytest.raises(AgentGuardBlocked):
+        client(server).images.generate(model="gpt-image-1", prompt="a lighthouse", n=n)
+    assert server.requests == []
