@@ -6,6 +6,7 @@ Adapters translate SDK requests into :class:`~agentguard_otel.call.LLMRequest` a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ def counts(values: list[Any], ceiling: int) -> list[int] | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked once per request of the few paths an app uses
 def normalise_path(path: str) -> str:
     """A URL path as a server resolves it: percent-decoded, empty and dot segments resolved, no
     trailing slash. Endpoint tables are matched against this, so no spelling slips past them."""

@@ -220,6 +220,7 @@ def _lower_limits(entry: Any, fields: tuple[str, ...], limit: int) -> Any:
     return {**entry, **{f: limit for f in fields if isinstance(entry.get(f), int) and entry[f] > limit}}
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked once per request of the few paths an app uses
 def route(adapter: StainlessAdapter, method: str, path: str, root: str) -> tuple[str, Endpoint] | str | None:
     """Where a request to a normalised ``path`` goes, for an API whose root is ``root``: (table
     path, endpoint) for an LLM call, None for a free request, and otherwise its description: an
