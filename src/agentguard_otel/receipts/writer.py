@@ -8,6 +8,7 @@ reports. Segment files are named ``<chain with ":" as "_">.<segment:05d>.ndjson`
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -34,9 +35,13 @@ def segment_file_name(chain: str, segment: int) -> str:
 
 def _utc_timestamp() -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-23T10:20:02.123456Z`` (cheaper than datetime)."""
-    micros = time.time_ns() // 1000
-    seconds, fraction = divmod(micros, 1_000_000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{fraction:06d}Z"
+    seconds, fraction = divmod(time.time_ns() // 1000, 1_000_000)
+    return f"{_utc_second(seconds)}.{fraction:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)  # receipts come many to a second: its text is formatted once
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 class ReceiptWriter:
