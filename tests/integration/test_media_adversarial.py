@@ -74,3 +74,19 @@ def test_an_absurd_image_count_is_refused_unsent(guarded: GuardFactory, server: 
     with pytest.raises(AgentGuardBlocked):
         client(server).images.generate(model="gpt-image-1", prompt="a lighthouse", n=n)
     assert server.requests == []
+
+
+@pytest.mark.parametrize(("model", "usage"), [
+    ("whisper-1", {"type": "tokens", "input_tokens": 50, "output_tokens": 9, "total_tokens": 59}),
+    ("gpt-4o-transcribe", {"type": "duration", "seconds": 2}),
+], ids=["tokens-for-a-per-hour-model", "seconds-for-a-token-model"])
+def test_usage_in_a_unit_the_model_has_no_rate_for_settles_at_the_reservation(
+        guarded: GuardFactory, server: LocalOpenAIServer, model: str, usage: dict[str, object]) -> None:
+    """Priced as reported, such a usage would cost $0 for audio the provider heard."""
+    handle = guarded(CAP)
+    server.usage_next(usage)
+    text = client(server).audio.transcriptions.create(model=model, file=("a.wav", wav(16_000 * 2))).text
+    assert text
+    decision, settlement = receipts(handle)
+    assert settlement["actual_nano"] == decision["estimated_nano"] > 0
+    assert (settlement["cost_source"], settlement["problem"]) == ("estimated", "pricing the usage failed: ValueError")

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from agentguard_otel.pricing.bundled import bundled_price, genai_provider
-from agentguard_otel.pricing.estimate import actual_cost_nano, bound_cost_nano
+from agentguard_otel.pricing.estimate import actual_cost_nano, bound_cost_nano, unpriced_unit
 from agentguard_otel.pricing.openrouter import dashed_versions, load_catalog
 from agentguard_otel.pricing.overrides import OverrideSource, load_overrides
 from agentguard_otel.pricing.prices import ModelPrice, TokenUsage, free_price
@@ -67,7 +67,12 @@ class PriceBook:
         return entry[0]
 
     def actual_cost_nano(self, price: ModelPrice, usage: TokenUsage) -> int:
-        """See :func:`agentguard_otel.pricing.estimate.actual_cost_nano`."""
+        """See :func:`agentguard_otel.pricing.estimate.actual_cost_nano`; a usage in a unit the
+        price does not rate (:func:`~agentguard_otel.pricing.estimate.unpriced_unit`) is a
+        ValueError, not a cost of $0."""
+        unit = unpriced_unit(price, usage)
+        if unit is not None:
+            raise ValueError(f"{price.model} has no rate for the {unit} its usage reports")
         return actual_cost_nano(price, usage)
 
     def bound_cost_nano(self, price: ModelPrice, input_tokens: int, output_tokens: int, *, characters: int = 0,

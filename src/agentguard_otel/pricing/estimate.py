@@ -90,6 +90,18 @@ def actual_cost_nano(price: ModelPrice, usage: TokenUsage) -> int:
     return _units_cost(total, usage.input_audio_seconds, price) + rates.per_request
 
 
+def unpriced_unit(price: ModelPrice, usage: TokenUsage) -> str | None:
+    """The unit ``usage`` bills (tokens, characters, audio seconds) that ``price`` has no rate for
+    while it rates another, or None. Priced as reported, such a usage costs $0 for work a model
+    billed in its own unit did (a per-hour transcription reporting tokens, say): it is no bill."""
+    units = {"tokens": (usage.input_tokens + usage.output_tokens, max(price.max_input, price.max_output)),
+             "characters": (usage.input_characters, price.per_mchars),
+             "audio seconds": (usage.input_audio_seconds, price.per_audio_hour)}
+    if not any(rate for _, rate in units.values()):
+        return None  # a free (or per-request) price: any usage of it costs what it costs
+    return next((unit for unit, (amount, rate) in units.items() if amount and not rate), None)
+
+
 def _units_cost(per_million: int, audio_seconds: int, price: ModelPrice) -> int:
     """nano-USD for an amount in nano-USD x units-per-million plus audio seconds at the hourly
     rate, with one rounding up over both."""
