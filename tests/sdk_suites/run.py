@@ -275,12 +275,15 @@ def install(needs: Needs, work: Path, sdk: str) -> None:
         if done.returncode == 0:
             log(f"{sdk}: installed {' '.join(attempt)}")
             return
-        missing = re.search(r"No matching distribution found for (\S+)", done.stderr)
-        index = attempt.index(missing.group(1)) if missing and missing.group(1) in attempt else None
+        # A locked version the registry lacks, or one that conflicts with a held package (another
+        # version of a shared dependency): its declared range instead.
+        found = re.search(r"No matching distribution found for (\S+)|Cannot install (\S+) because", done.stderr)
+        pin = next((g for g in found.groups() if g), None) if found else None
+        index = attempt.index(pin) if pin in attempt else None
         if index is None or attempt[index] == needs.declared[index]:
             log(f"{sdk}: `pip install {' '.join(attempt)}` (installed packages held) failed:\n{done.stderr.strip()}")
             break
-        log(f"{sdk}: the registry has no {attempt[index]}; taking {needs.declared[index]}")
+        log(f"{sdk}: {attempt[index]} cannot be installed beside the held packages; taking {needs.declared[index]}")
         attempt[index] = needs.declared[index]
     raise Stop(f"{sdk}: could not install what its tests need without moving an installed package")
 
