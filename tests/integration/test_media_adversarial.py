@@ -11,7 +11,7 @@ import pytest
 
 from agentguard_otel import AgentGuardBlocked
 from tests.conftest import GuardFactory
-from tests.integration.test_media_pricing import CAP, client, receipts
+from tests.integration.test_media_pricing import CAP, client, policy, receipts
 from tests.servers.openai_media import wav
 from tests.servers.openai_server import LocalOpenAIServer
 
@@ -90,3 +90,36 @@ def test_usage_in_a_unit_the_model_has_no_rate_for_settles_at_the_reservation(
     decision, settlement = receipts(handle)
     assert settlement["actual_nano"] == decision["estimated_nano"] > 0
     assert (settlement["cost_source"], settlement["problem"]) == ("estimated", "pricing the usage failed: ValueError")
+
+
+def test_a_chunked_transcription_is_refused_in_strict(guarded: GuardFactory, server: LocalOpenAIServer) -> None:
+    """Each chunk is transcribed up to the model's most output, and the server picks the cuts."""
+    guarded(CAP)
+    with pytest.raises(AgentGuardBlocked, match="chunking_strategy"):
+        client(server).audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", wav(16_000 * 90)),
+                                                   chunking_strategy="auto")
+    assert server.requests == []
+
+
+def test_a_chunked_transcription_is_guessed_per_chunk_in_expected_estimation(guarded: GuardFactory,
+                                                                             server: LocalOpenAIServer) -> None:
+    handle = guarded(policy(estimation="expected"))
+    audio = wav(16_000 * 90)
+    c = client(server)
+    c.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", audio))
+    c.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", audio), chunking_strategy="auto")
+    whole, chunked = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
+    assert chunked - whole == 2 * 2_000 * 10_000  # 3 chunks of 30 s: 2 more x 2,000 output tokens at $10
+
+
+def test_a_json_edit_counts_its_mask_as_an_input_image(guarded: GuardFactory, server: LocalOpenAIServer) -> None:
+    handle = guarded(policy("0.000001"))
+    image = {"image_url": "https://example.test/a.png"}
+    for extra in ({}, {"mask": image}):
+        with pytest.raises(AgentGuardBlocked):
+            client(server).post("/images/edits", cast_to=object, body={
+                "model": "gpt-image-1", "prompt": "add a boat", "images": [image], "size": "1024x1024",
+                "quality": "low", **extra})
+    plain, masked = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
+    assert masked - plain == 48_169 * 10_000  # one more image at the per-image ceiling, at $10 image input
+    assert server.requests == []

@@ -16,7 +16,7 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from agentguard_otel.call import MalformedResponse, ResponseInfo, UnknownEndpoint
 from agentguard_otel.guard import Guard, Refusal
-from agentguard_otel.money import usd_to_nano
+from agentguard_otel.money import ceil_div, usd_to_nano
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers import GuardRef, Hooks, Integration
 from agentguard_otel.providers.base import (
@@ -75,6 +75,10 @@ AUDIO_TOKENS_PER_SECOND = 20
 """Audio tokens one second of audio can be billed as: OpenAI documents 1 token per 100 ms of input
 audio and 1 per 50 ms of output audio; the denser of the two bounds a transcription's input."""
 TRANSCRIPTION_MAX_OUTPUT_TOKENS = 2_000  # gpt-4o-transcribe / -mini-transcribe's documented max output
+CHUNK_SECONDS_GUESS = 30
+"""A guess of the audio one ``chunking_strategy`` chunk holds (diarization asks for chunking past
+30 s): each chunk is transcribed on its own, up to the most output each, and the server picks the
+cuts, so nothing proves how many there are: strict estimation refuses chunked calls."""
 PER_CHARACTER_SPEECH = "tts-1"
 """OpenAI's speech models billed per input character (tts-1, tts-1-hd); the others bill tokens."""
 SPEECH_AUDIO_TOKENS_PER_CHARACTER = 6
@@ -97,8 +101,9 @@ def image_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
     listed = size in rows[0]
     per_image = max(row[size] if listed else max(row.values()) for row in rows)
     images = len(list(request_files(files, "image"))) + len(list(request_files(files, "mask")))
-    listed_images = body.get("images")
-    images += len(listed_images) if isinstance(listed_images, list) else 0
+    listed_images = body.get("images")  # a JSON edit's images and mask (by URL or file id)
+    images += len(listed_images) if isinstance(listed_images, list) else int(listed_images is not None)
+    images += int(isinstance(body.get("mask"), Mapping))
     unproven = None if listed or body.get("size") in (None, "auto") else \
         f"an image of size {size!r} (not in OpenAI's token table)"
     return MediaBound(images=images, output_tokens=n_images * (per_image + partials * PARTIAL_IMAGE_TOKENS),
@@ -130,9 +135,13 @@ def transcription_media(body: Mapping[str, Any], files: Any) -> MediaBound | Non
     if head is None:
         return None
     length = audio_length(*head)
+    chunked = body.get("chunking_strategy") is not None
+    chunks = max(ceil_div(length.seconds, CHUNK_SECONDS_GUESS), 1) if chunked else 1
+    unproven = "the duration of an audio file in a format not read" if not length.proven else \
+        "the output of each chunk a chunking_strategy cuts the audio into" if chunked else None
     return MediaBound(input_tokens=length.seconds * AUDIO_TOKENS_PER_SECOND, audio_seconds=length.seconds,
-                      output_tokens=TRANSCRIPTION_MAX_OUTPUT_TOKENS,
-                      unproven=None if length.proven else "the duration of an audio file in a format not read")
+                      output_tokens=chunks * TRANSCRIPTION_MAX_OUTPUT_TOKENS, unproven=unproven)
+
 
 ENDPOINTS: Mapping[str, Endpoint] = {
     "/chat/completions": Endpoint(
