@@ -6,6 +6,7 @@ reply that cannot be read never raises into the caller."""
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 
@@ -123,3 +124,50 @@ def test_a_json_edit_counts_its_mask_as_an_input_image(guarded: GuardFactory, se
     plain, masked = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
     assert masked - plain == 48_169 * 10_000  # one more image at the per-image ceiling, at $10 image input
     assert server.requests == []
+
+
+def _riff(*chunks: tuple[bytes, bytes]) -> bytes:
+    body = b"WAVE" + b"".join(name + struct.pack("<I", len(data)) + data for name, data in chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _fmt(tag: int, channels: int, rate: int, bits: int) -> tuple[bytes, bytes]:
+    frame = channels * -(-bits // 8)
+    return b"fmt ", struct.pack("<HHIIHH", tag, channels, rate, rate * frame, frame, bits)
+
+
+def _bound_of(guarded: GuardFactory, server: LocalOpenAIServer, audio: bytes) -> int:
+    """The reservation of a whisper-1 transcription of ``audio``, blocked unsent by a spent cap."""
+    handle = guarded(policy("0.000001"))
+    with pytest.raises(AgentGuardBlocked):
+        client(server).audio.transcriptions.create(model="whisper-1", file=("a.wav", audio))
+    assert server.requests == []
+    (decision,) = handle.receipts()
+    return int(decision["estimated_nano"])
+
+
+@pytest.mark.parametrize("tag", [6, 7])
+def test_a_law_and_mu_law_are_one_byte_a_sample_whatever_the_header_says(
+        guarded: GuardFactory, server: LocalOpenAIServer, tag: int) -> None:
+    """A decoder reads G.711 a byte a sample: a header claiming 16 bits would halve the bound."""
+    audio = _riff(_fmt(tag, 1, 8_000, 16), (b"data", bytes(16_000)))
+    assert _bound_of(guarded, server, audio) == 2 * 100_000  # 16,000 samples at 8 kHz: 2 s
+
+
+def test_a_wav_with_two_format_chunks_is_refused_in_strict(guarded: GuardFactory, server: LocalOpenAIServer) -> None:
+    """Decoders differ on which ``fmt `` they take (ffmpeg the first, Python's wave the last): the
+    first here makes 2 s of the data, the second 1/24 s."""
+    guarded(CAP)
+    audio = _riff(_fmt(1, 1, 8_000, 8), _fmt(1, 2, 48_000, 32), (b"data", bytes(16_000)))
+    with pytest.raises(AgentGuardBlocked, match="duration of an audio file"):
+        client(server).audio.transcriptions.create(model="whisper-1", file=("a.wav", audio))
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(("byte_rate", "align"), [(8_000, 2), (16_000, 1)], ids=["byte-rate", "block-align"])
+def test_a_wav_field_that_makes_the_audio_longer_sets_the_bound(guarded: GuardFactory, server: LocalOpenAIServer,
+                                                                byte_rate: int, align: int) -> None:
+    """16-bit mono at 8 kHz is 16,000 bytes a second, but a decoder trusting the declared byte rate
+    (or block alignment) of 8,000 hears 16,000 bytes as 2 s: the bound takes the longest reading."""
+    fmt = b"fmt ", struct.pack("<HHIIHH", 1, 1, 8_000, byte_rate, align, 16)
+    assert _bound_of(guarded, server, _riff(fmt, (b"data", bytes(16_000)))) == 2 * 100_000

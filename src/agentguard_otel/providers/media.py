@@ -23,6 +23,7 @@ GUESS_BITS_PER_SECOND = 6_000
 M4A, WebM...). A guess only, since a lossless or silent stream can go lower: strict refuses it."""
 
 _PCM_FORMATS = frozenset({1, 3, 6, 7})  # integer PCM, IEEE float, A-law, mu-law: fixed bytes per frame
+_G711_FORMATS = frozenset({6, 7})  # A-law, mu-law
 _EXTENSIBLE = 0xFFFE
 
 
@@ -90,6 +91,8 @@ def _wav_seconds(head: bytes, size: int) -> int | None:
         chunk, length = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
         body = offset + 8
         if chunk == b"fmt ":
+            if frame_bytes_per_second is not None:
+                return None  # decoders differ on which format chunk they take
             frame_bytes_per_second = _pcm_rate(head[body:body + min(length, 40)])
             if frame_bytes_per_second is None:
                 return None
@@ -102,18 +105,21 @@ def _wav_seconds(head: bytes, size: int) -> int | None:
 
 
 def _pcm_rate(fmt: bytes) -> int | None:
-    """Bytes of one second of frames, from a ``fmt `` chunk of a fixed-frame format (None otherwise)."""
+    """Bytes of one second of frames, from a ``fmt `` chunk of a fixed-frame format (None otherwise):
+    the least of what its fields make of it (frames of its sample size, of its block alignment, its
+    declared byte rate), so a decoder trusting any one of them hears no more than the bound. A-law
+    and mu-law samples are a byte whatever the bits field says."""
     if len(fmt) < 16:
         return None
-    tag, channels, rate = (int(field) for field in struct.unpack_from("<HHI", fmt))
-    bits = int(struct.unpack_from("<H", fmt, 14)[0])
+    tag, channels, rate, byte_rate, align, bits = (int(field) for field in struct.unpack_from("<HHIIHH", fmt))
     if tag == _EXTENSIBLE:
         if len(fmt) < 26:
             return None
         tag = int(struct.unpack_from("<H", fmt, 24)[0])  # the sub-format GUID starts with the format tag
     if tag not in _PCM_FORMATS or channels == 0 or rate == 0 or bits == 0:
         return None
-    return rate * channels * ceil_div(bits, 8)
+    frame = channels * (1 if tag in _G711_FORMATS else ceil_div(bits, 8))
+    return min(rate * frame, rate * (align or frame), byte_rate or rate * frame)
 
 
 def read_head(content: Any) -> tuple[bytes, int] | None:
