@@ -171,3 +171,23 @@ def test_a_wav_field_that_makes_the_audio_longer_sets_the_bound(guarded: GuardFa
     (or block alignment) of 8,000 hears 16,000 bytes as 2 s: the bound takes the longest reading."""
     fmt = b"fmt ", struct.pack("<HHIIHH", 1, 1, 8_000, byte_rate, align, 16)
     assert _bound_of(guarded, server, _riff(fmt, (b"data", bytes(16_000)))) == 2 * 100_000
+
+
+def test_an_unknown_transcription_model_is_blocked_unsent(guarded: GuardFactory, server: LocalOpenAIServer) -> None:
+    guarded(CAP)
+    with pytest.raises(AgentGuardBlocked, match="whisper-9"):
+        client(server).audio.transcriptions.create(model="whisper-9", file=("a.wav", wav(16_000)))
+    assert server.requests == []
+
+
+def test_a_service_tier_in_odd_case_or_extra_body_is_reserved_at_the_dearest_tier(
+        guarded: GuardFactory, server: LocalOpenAIServer) -> None:
+    handle = guarded(policy("0.000001"))
+    c = client(server)
+    for extra in ({}, {"service_tier": "priority"}, {"extra_body": {"service_tier": "Priority"}}):
+        with pytest.raises(AgentGuardBlocked):
+            c.chat.completions.create(model="gpt-5", max_completion_tokens=100,
+                                      messages=[{"role": "user", "content": "hi"}], **extra)
+    standard, priority, odd = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
+    assert priority > standard and odd >= priority
+    assert server.requests == []
