@@ -5,6 +5,7 @@ reply that cannot be read never raises into the caller."""
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 
@@ -190,4 +191,20 @@ def test_a_service_tier_in_odd_case_or_extra_body_is_reserved_at_the_dearest_tie
                                       messages=[{"role": "user", "content": "hi"}], **extra)
     standard, priority, odd = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
     assert priority > standard and odd >= priority
+    assert server.requests == []
+
+
+def test_transcription_keywords_and_speaker_references_are_bounded_as_input(
+        guarded: GuardFactory, server: LocalOpenAIServer) -> None:
+    """Keywords, speaker names and reference clips (data URLs of audio) are what the model reads
+    beside the file: each of their bytes a token at the dearest input rate ($6 audio)."""
+    handle = guarded(policy("0.000001"))
+    reference = "data:audio/wav;base64," + base64.b64encode(wav(16_000 * 2)).decode()
+    extra = {"keywords": ["Ada", "Grace"], "known_speaker_names": ["agent"], "known_speaker_references": [reference]}
+    for fields in ({}, extra):
+        with pytest.raises(AgentGuardBlocked):
+            client(server).audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
+                                                       file=("a.wav", wav(16_000)), **fields)
+    plain, referenced = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
+    assert referenced - plain >= (len(reference) + len("AdaGraceagent")) * 6_000
     assert server.requests == []

@@ -186,8 +186,9 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         operation="generate_content", input_fields=("input", "instructions"), item_field=None,
         produces_output=False, media=speech_media,
     ),
-    "/audio/transcriptions": Endpoint(
-        operation="generate_content", input_fields=("prompt",), item_field=None, produces_output=False,
+    "/audio/transcriptions": Endpoint(  # keywords, speaker names and reference clips (data URLs) are input too
+        operation="generate_content", item_field=None, produces_output=False,
+        input_fields=("prompt", "keywords", "known_speaker_names", "known_speaker_references"),
         media=transcription_media,
     ),
     "/audio/translations": Endpoint(
