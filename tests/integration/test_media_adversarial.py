@@ -208,3 +208,24 @@ def test_transcription_keywords_and_speaker_references_are_bounded_as_input(
     plain, referenced = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
     assert referenced - plain >= (len(reference) + len("AdaGraceagent")) * 6_000
     assert server.requests == []
+
+
+def test_a_responses_image_generation_tool_is_refused_in_strict(guarded: GuardFactory,
+                                                                server: LocalOpenAIServer) -> None:
+    """Its images are billed at the image model's rates, beyond max_output_tokens."""
+    guarded(CAP)
+    with pytest.raises(AgentGuardBlocked, match="image_generation"):
+        client(server).responses.create(model="gpt-5", input="draw a boat", max_output_tokens=100,
+                                        tools=[{"type": "image_generation"}])
+    assert server.requests == []
+
+
+def test_a_responses_image_generation_tool_is_guessed_in_expected_estimation(guarded: GuardFactory,
+                                                                             server: LocalOpenAIServer) -> None:
+    handle = guarded(policy(estimation="expected"))
+    c = client(server)
+    c.responses.create(model="gpt-5", input="draw a boat", max_output_tokens=100)
+    c.responses.create(model="gpt-5", input="draw a boat", max_output_tokens=100,
+                       tools=[{"type": "image_generation", "partial_images": 2}])
+    plain, drawn = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
+    assert drawn - plain >= (6_240 + 2 * 100) * 10_000  # one high 1024x1536 image + 2 partials at gpt-5's $10

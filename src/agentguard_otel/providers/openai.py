@@ -143,6 +143,23 @@ def transcription_media(body: Mapping[str, Any], files: Any) -> MediaBound | Non
                       output_tokens=chunks * TRANSCRIPTION_MAX_OUTPUT_TOKENS, unproven=unproven)
 
 
+def responses_media(body: Mapping[str, Any], files: Any) -> MediaBound | None:
+    """A Responses ``image_generation`` tool makes images billed at the image model's rates, beyond
+    ``max_output_tokens`` and the usage of the model called: unproven, guessed in expected estimation
+    at one image of the table's dearest entry (with its partial images) per tool."""
+    tools = body.get("tools")
+    images = [t for t in tools if isinstance(t, Mapping) and t.get("type") == "image_generation"] \
+        if isinstance(tools, list) else []
+    if not images:
+        return MediaBound()
+    dearest = max(max(row.values()) for row in IMAGE_OUTPUT_TOKENS.values())
+    partials = [counts([tool.get("partial_images")], MAX_CHOICES) for tool in images]
+    if any(p is None for p in partials):
+        return None
+    output = sum(dearest + max(p or (), default=0) * PARTIAL_IMAGE_TOKENS for p in partials)
+    return MediaBound(output_tokens=output, unproven="the images an image_generation tool makes")
+
+
 ENDPOINTS: Mapping[str, Endpoint] = {
     "/chat/completions": Endpoint(
         operation="chat",
@@ -158,6 +175,7 @@ ENDPOINTS: Mapping[str, Endpoint] = {
         input_fields=("input", "instructions", "tools", "text", "tool_choice"),
         item_field="input",
         max_output_fields=("max_output_tokens",),
+        media=responses_media,
     ),
     "/completions": Endpoint(
         operation="text_completion",
