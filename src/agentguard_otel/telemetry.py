@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, get_tracer_provide
 
 from agentguard_otel.call import Decision, LLMRequest, ResponseInfo
 from agentguard_otel.money import nano_to_usd
-from agentguard_otel.receipts.format import receipt_line
+from agentguard_otel.receipts.format import Sealed, receipt_line
 from agentguard_otel.scope import BAGGAGE_PREFIX, Scope
 from agentguard_otel.version import __version__
 
@@ -314,7 +314,7 @@ class Telemetry:
             severity_number=SeverityNumber.INFO,
             severity_text="INFO",
             event_name="agentguard.receipt",
-            body=receipt_line(receipt).decode("utf-8").removesuffix("\n"),
+            body=(receipt.line if isinstance(receipt, Sealed) else receipt_line(receipt)).decode("utf-8")[:-1],
             attributes={
                 "agentguard.receipt.kind": receipt["kind"],
                 "agentguard.receipt.hash": receipt["hash"],

@@ -38,14 +38,23 @@ def line_of(unsigned: bytes, hash_hex: str, sig: str) -> bytes:
     return b"%s,\"hash\":\"%s\",\"sig\":\"%s\"}\n" % (unsigned[:-1], hash_hex.encode(), sig.encode())
 
 
-def seal(fields: dict[str, Any], key: SigningKey) -> tuple[dict[str, Any], bytes]:
+class Sealed(dict[str, Any]):
+    """A receipt as it was written: its fields, and ``line``, the exact bytes that carry them (so
+    whoever passes it on — a log record — need not serialize it again)."""
+
+    line: bytes
+
+
+def seal(fields: dict[str, Any], key: SigningKey) -> tuple[Sealed, bytes]:
     """Add ``hash`` and ``sig`` to an unsigned receipt (which must already carry ``key_id``); returns
     the sealed receipt and its line, from one serialization."""
     unsigned = canonical_json(fields)
     digest = hashlib.sha256(unsigned).digest()
-    fields["hash"] = digest.hex()
-    fields["sig"] = base64.b64encode(key.sign(digest)).decode("ascii")
-    return fields, line_of(unsigned, fields["hash"], fields["sig"])
+    receipt = Sealed(fields)
+    receipt["hash"] = digest.hex()
+    receipt["sig"] = base64.b64encode(key.sign(digest)).decode("ascii")
+    receipt.line = line_of(unsigned, receipt["hash"], receipt["sig"])
+    return receipt, receipt.line
 
 
 def receipt_line(receipt: Mapping[str, Any]) -> bytes:
