@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+from typing import Any
 
 import pytest
 
@@ -200,7 +201,8 @@ def test_transcription_keywords_and_speaker_references_are_bounded_as_input(
     beside the file: each of their bytes a token at the dearest input rate ($6 audio)."""
     handle = guarded(policy("0.000001"))
     reference = "data:audio/wav;base64," + base64.b64encode(wav(16_000 * 2)).decode()
-    extra = {"keywords": ["Ada", "Grace"], "known_speaker_names": ["agent"], "known_speaker_references": [reference]}
+    extra: dict[str, Any] = {"keywords": ["Ada", "Grace"], "known_speaker_names": ["agent"],
+                             "known_speaker_references": [reference]}
     for fields in ({}, extra):
         with pytest.raises(AgentGuardBlocked):
             client(server).audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
@@ -229,3 +231,4 @@ def test_a_responses_image_generation_tool_is_guessed_in_expected_estimation(gua
                        tools=[{"type": "image_generation", "partial_images": 2}])
     plain, drawn = (r["estimated_nano"] for r in handle.receipts() if r["kind"] == "decision")
     assert drawn - plain >= (6_240 + 2 * 100) * 10_000  # one high 1024x1536 image + 2 partials at gpt-5's $10
+

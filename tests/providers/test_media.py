@@ -95,3 +95,15 @@ def test_request_files_by_name_from_a_list_or_a_mapping() -> None:
     assert list(request_files(files, "image")) == [b"two"]
     assert list(request_files({"mask": b"three"}, "mask")) == [b"three"]
     assert list(request_files(None, "file")) == []
+
+
+def test_a_file_whose_seek_returns_nothing_is_measured_by_its_position() -> None:
+    """A hand-written file object may return None from ``seek``: its size is read with ``tell``."""
+
+    class QuietSeeks(io.BytesIO):
+        def seek(self, offset: int, whence: int = 0) -> None:  # type: ignore[override]
+            super().seek(offset, whence)
+
+    head = read_head(QuietSeeks(wav(8_000, 8_000)))
+    assert head is not None and head[1] == len(wav(8_000, 8_000))
+    assert audio_length(*head) == AudioLength(1, True)

@@ -135,7 +135,8 @@ def read_head(content: Any) -> tuple[bytes, int] | None:
             try:  # from the start: httpx seeks a file to 0 before it sends it, whatever its position
                 content.seek(0)
                 head = content.read(HEAD_BYTES)
-                size = content.seek(0, 2)
+                content.seek(0, 2)
+                size = content.tell()  # not seek's return: a hand-written file object may return None
             finally:
                 content.seek(start)
             if isinstance(head, bytes):
