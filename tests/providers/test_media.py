@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import math
 import struct
+import wave
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentguard_otel.providers.media import (
     GUESS_BITS_PER_SECOND,
+    HEAD_BYTES,
     AudioLength,
     audio_length,
     read_head,
@@ -107,3 +109,17 @@ def test_a_file_whose_seek_returns_nothing_is_measured_by_its_position() -> None
     head = read_head(QuietSeeks(wav(8_000, 8_000)))
     assert head is not None and head[1] == len(wav(8_000, 8_000))
     assert audio_length(*head) == AudioLength(1, True)
+
+
+@settings(max_examples=200)
+@given(channels=st.integers(1, 8), rate=st.integers(1, 192_000), width=st.integers(1, 4),
+       frames=st.integers(0, 4_000), tail=st.binary(max_size=64))
+def test_a_wav_bound_is_never_below_the_frames_a_decoder_reads(channels: int, rate: int, width: int, frames: int,
+                                                               tail: bytes) -> None:
+    """Whatever its format and whatever follows its frames, a PCM WAV is bounded at no less than
+    the seconds of frames Python's wave module reads from it."""
+    data = wav(frames, rate, channels, width) + tail
+    with wave.open(io.BytesIO(data)) as heard:
+        seconds = math.ceil(heard.getnframes() / heard.getframerate())
+    bound = audio_length(data[:HEAD_BYTES], len(data))
+    assert bound.proven and bound.seconds >= seconds
