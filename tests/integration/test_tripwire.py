@@ -26,7 +26,7 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentguard_otel import AgentGuardBlocked
+from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor
 from agentguard_otel.call import ResponseInfo
 from agentguard_otel.pricing import TokenUsage
 from agentguard_otel.providers.bedrock import split_events
@@ -445,3 +445,24 @@ def test_an_llm_path_is_recognised_in_any_spelling(prefix: str, suffix: str, dou
     found = target("POST", path + suffix)
     assert isinstance(found, StainlessTarget)
     assert (found.adapter.module, found.path) == ("anthropic", "/v1/messages")
+
+
+WATCHED = [(httpx.Client, "_send_single_request"), (httpx.AsyncClient, "_send_single_request"),
+           (httpx.HTTPTransport, "handle_request"), (httpx.AsyncHTTPTransport, "handle_async_request")]
+
+
+def test_a_watched_method_is_one_object_while_patched_and_the_original_after() -> None:
+    """Code that checks by identity that nothing replaced a client's dispatch while it sends (the
+    openai SDK's own tests do) sees the same object on every read; uninstrument puts back the very
+    function that was there."""
+    originals = {(owner, name): vars(owner)[name] for owner, name in WATCHED}
+    instrumentor = AgentGuardInstrumentor()
+    instrumentor.instrument(policy=None, ledger="memory://")
+    try:
+        for owner, name in WATCHED:
+            assert getattr(owner, name) is getattr(owner, name)
+            assert vars(owner)[name] is not originals[(owner, name)]
+            assert vars(owner)[name].__wrapped__ is originals[(owner, name)]
+    finally:
+        instrumentor.uninstrument()
+    assert {(owner, name): vars(owner)[name] for owner, name in WATCHED} == originals

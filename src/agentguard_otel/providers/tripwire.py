@@ -27,15 +27,14 @@ own, watched even under an SDK's choke point.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
+import inspect
 import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
-
-import wrapt
-from opentelemetry.instrumentation.utils import unwrap
 
 from agentguard_otel.guard import Guard, Refusal
 from agentguard_otel.lifecycle import Classified, at_choke_point, run, run_async
@@ -97,6 +96,25 @@ def header_host(value: Any) -> str:
     return urlsplit(f"//{_text(value).strip()}").hostname or ""
 
 
+def _patch_method(owner: type, name: str, wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace a method of an HTTP client class by a plain function calling ``wrapper(wrapped,
+    instance, args, kwargs)``, as wrapt does, but one that is the same object each time it is read
+    from the class (a wrapt wrapper is rebound on every read, and code that checks by identity that
+    nothing replaced a client's dispatch while it sends would see a change). ``__wrapped__`` keeps
+    the original; returns the function put in its place."""
+    original = vars(owner)[name]
+    patched: Callable[..., Any]
+    if inspect.iscoroutinefunction(original):
+        async def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return await wrapper(original.__get__(self), self, args, kwargs)
+    else:
+        def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return wrapper(original.__get__(self), self, args, kwargs)
+    patched = functools.wraps(original)(patched)
+    setattr(owner, name, patched)
+    return patched
+
+
 class TripwireHook:
     """Wraps each hop an ``httpx``/``httpx2`` client sends and its default transports,
     ``http.client``'s ``putrequest`` and ``putheader``, or ``aiohttp``'s ``ClientRequest.send``."""
@@ -104,7 +122,7 @@ class TripwireHook:
     def __init__(self, guard: GuardRef, package: str) -> None:
         self._guard = guard
         self._package = package
-        self._wrapped: list[tuple[Any, str]] = []
+        self._patched: list[tuple[type, str, Callable[..., Any]]] = []
         # http.client: the (method, path, host checked) of a connection's request being written
         self._writing: weakref.WeakKeyDictionary[Any, tuple[str, str, str]] = weakref.WeakKeyDictionary()
 
@@ -122,13 +140,13 @@ class TripwireHook:
                        (module.HTTPTransport, "handle_request", self._send),
                        (module.AsyncHTTPTransport, "handle_async_request", self._asend)]
         for owner, name, wrapper in targets:
-            wrapt.wrap_function_wrapper(owner, name, wrapper)
-            self._wrapped.append((owner, name))
+            self._patched.append((owner, name, _patch_method(owner, name, wrapper)))
 
     def uninstrument(self) -> None:
-        for owner, name in self._wrapped:
-            unwrap(owner, name)
-        self._wrapped = []
+        for owner, name, patched in reversed(self._patched):
+            if vars(owner).get(name) is patched:  # another patch on top of ours stays in place
+                setattr(owner, name, patched.__wrapped__)
+        self._patched = []
 
     def _watching(self, *hosts: str, nested: bool = False) -> tuple[Guard | Refusal, str] | None:
         """The guard and the LLM host (the first of ``hosts`` that is one), for a request that
