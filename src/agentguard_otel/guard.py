@@ -45,6 +45,7 @@ from agentguard_otel.pricing import (
     input_token_bound,
 )
 from agentguard_otel.receipts import ReceiptWriter
+from agentguard_otel.receipts.format import Sealed
 from agentguard_otel.scope import (
     CapabilityClaim,
     ClaimRefused,
@@ -559,7 +560,7 @@ class Guard:
         }
 
     def _sign(self, kind: Literal["decision", "settlement", "adjustment"], body: dict[str, Any],
-              span: CallSpan) -> dict[str, Any]:
+              span: CallSpan) -> Sealed:
         receipt = self.receipts.append(kind, body)
         self.telemetry.emit_receipt(receipt, span)
         return receipt

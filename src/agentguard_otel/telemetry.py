@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, get_tracer_provide
 
 from agentguard_otel.call import Decision, LLMRequest, ResponseInfo
 from agentguard_otel.money import nano_to_usd
-from agentguard_otel.receipts.format import Sealed, receipt_line
+from agentguard_otel.receipts.format import Sealed
 from agentguard_otel.scope import BAGGAGE_PREFIX, Scope
 from agentguard_otel.version import __version__
 
@@ -305,7 +305,7 @@ class Telemetry:
     # -- logs -------------------------------------------------------------------------------
 
     @contained
-    def emit_receipt(self, receipt: Mapping[str, Any], call: CallSpan | None = None) -> None:
+    def emit_receipt(self, receipt: Sealed, call: CallSpan | None = None) -> None:
         """One log record per receipt; the body is the receipt line itself, byte for byte."""
         context = set_span_in_context(call.span) if call is not None else None
         self.logger.emit(LogRecord(
@@ -314,7 +314,7 @@ class Telemetry:
             severity_number=SeverityNumber.INFO,
             severity_text="INFO",
             event_name="agentguard.receipt",
-            body=(receipt.line if isinstance(receipt, Sealed) else receipt_line(receipt)).decode("utf-8")[:-1],
+            body=receipt.line.decode("utf-8")[:-1],
             attributes={
                 "agentguard.receipt.kind": receipt["kind"],
                 "agentguard.receipt.hash": receipt["hash"],

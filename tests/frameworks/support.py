@@ -18,7 +18,8 @@ TEAM_REASON = "team capped"
 CAPPED_TEAM = "capped"
 MAX_OUTPUT_TOKENS = 32  # injected on every call: above the servers' 24-word reply, so replies finish
 DIFF = "+ print('hello')"  # what the tools the tests give a model return
-PROVIDER_ERROR = "injected failure: the prompt was 'Review this diff, please.'"
+PROMPT = "Review this diff, please."  # what every framework test asks its model
+PROVIDER_ERROR = f"injected failure: the prompt was {PROMPT!r}"
 
 
 def read_diff(path: str) -> str:

@@ -23,6 +23,7 @@ from tests.conftest import GuardFactory, Telemetry
 from tests.frameworks.conftest import Run
 from tests.frameworks.support import (
     CAPPED_TEAM,
+    PROMPT,
     TEAM_REASON,
     assert_blocked,
     assert_left_early,
@@ -36,8 +37,6 @@ from tests.frameworks.support import (
     receipts,
     spend_until_blocked,
 )
-
-PROMPT = "Review this diff, please."
 
 
 @dataclass

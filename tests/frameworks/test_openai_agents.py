@@ -33,6 +33,7 @@ from tests.frameworks.support import (
     CAPPED_TEAM,
     DIFF,
     MAX_OUTPUT_TOKENS,
+    PROMPT,
     TEAM_REASON,
     assert_blocked,
     assert_left_early,
@@ -48,7 +49,6 @@ from tests.frameworks.support import (
 )
 from tests.servers.openai_server import LocalOpenAIServer
 
-PROMPT = "Review this diff, please."
 LIMIT_USD = "0.0001"  # a few runs of gpt-4o-mini, then the daily cap blocks
 NO_TRACING = RunConfig(tracing_disabled=True)  # the SDK's switch: no trace export to OpenAI's servers
 # cancel() stops the run's task: its stream is abandoned, or was already read to its end (the SDK

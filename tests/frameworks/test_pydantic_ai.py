@@ -31,6 +31,7 @@ from tests.frameworks.support import (
     CAPPED_TEAM,
     DIFF,
     MAX_OUTPUT_TOKENS,
+    PROMPT,
     TEAM_REASON,
     assert_blocked,
     assert_left_early,
@@ -47,7 +48,6 @@ from tests.frameworks.support import (
 )
 from tests.servers.openai_server import LocalOpenAIServer
 
-PROMPT = "Review this diff, please."
 NANO_PER_USD = Decimal(10**9)
 # Leaving run_stream early: the model's stream is abandoned, or was already read to its end (the
 # run reads it in a task of its own, ahead of the caller): settled either way, nothing held.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from agentguard_otel.receipts.format import RESERVED_FIELDS, VERSION, ZERO_HASH, seal
+from agentguard_otel.receipts.format import RESERVED_FIELDS, VERSION, ZERO_HASH, Sealed, seal
 from agentguard_otel.receipts.keys import SigningKey, StrPath
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class ReceiptWriter:
     def __init__(self, directory: StrPath, key: SigningKey, *,
                  segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_checkpoint: Callable[[Sealed], None] | None = None) -> None:
         if segment_max_bytes <= 0 or checkpoint_every <= 0:
             raise ValueError("segment_max_bytes and checkpoint_every must be positive")
         self.directory = Path(directory)
@@ -94,7 +94,7 @@ class ReceiptWriter:
             self._adopt()
             return self._chain, self._seq - 1, self._prev
 
-    def append(self, kind: Literal["decision", "settlement", "adjustment"], body: Mapping[str, Any]) -> dict[str, Any]:
+    def append(self, kind: Literal["decision", "settlement", "adjustment"], body: Mapping[str, Any]) -> Sealed:
         """Sign, chain and write one receipt; returns it (its key order is the line's key order).
 
         Raises ValueError for a bad kind or a body using a reserved field, TypeError for a value a
@@ -118,7 +118,7 @@ class ReceiptWriter:
                     logger.warning("agentguard: receipt checkpoint deferred: %s", exc)
             return receipt
 
-    def checkpoint(self) -> dict[str, Any] | None:
+    def checkpoint(self) -> Sealed | None:
         """Write a checkpoint now; None when no receipt was written since the last one."""
         with self._lock():
             self._adopt()
@@ -175,7 +175,7 @@ class ReceiptWriter:
         if self._closed:
             raise ValueError(f"receipt writer for {self.directory} is closed")
 
-    def _checkpoint(self) -> dict[str, Any]:
+    def _checkpoint(self) -> Sealed:
         receipt = self._write("checkpoint", {"head": {"seq": self._seq - 1, "hash": self._prev},
                                              "count": self._count})
         self._since_checkpoint = 0
@@ -189,7 +189,7 @@ class ReceiptWriter:
                 logger.exception("agentguard: on_checkpoint callback failed")
         return receipt
 
-    def _write(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _write(self, kind: str, body: Mapping[str, Any]) -> Sealed:
         fields: dict[str, Any] = {
             "v": VERSION, "kind": kind, "chain": self._chain, "seq": self._seq, "prev": self._prev,
             "ts": _utc_timestamp(),
