@@ -65,6 +65,8 @@ MESSAGES = [{"role": "user", "content": "Review this diff and list the risky cha
 PATCHED_MODULES = ("openai", "httpx", "httpx2", "http.client", "concurrent.futures")
 
 Patches = dict[tuple[type, str], Any]
+# wrapt 2 moved its wrappers under BaseObjectProxy; ObjectProxy is a subclass of it there.
+_PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 
 class _Drop(SpanExporter, LogRecordExporter):
@@ -105,11 +107,17 @@ def _patches_of(install: Callable[[], None], bare: Patches) -> Patches:
     before = _attributes()
     install()
     patches = {key: member for key, member in _attributes().items()
-               if (before[key] is not member if key in before else isinstance(member, wrapt.ObjectProxy))}
+               if before.get(key) is not member and _is_patch(member, before.get(key))}
     for key, member in patches.items():
         original = before.get(key)
         bare.setdefault(key, member.__wrapped__ if original is None else original)
     return patches
+
+
+def _is_patch(member: Any, replaced: Any) -> bool:
+    """A wrapt wrapper, or a plain function wrapping what it replaced (not, say, a pydantic model's
+    schema completed lazily meanwhile)."""
+    return isinstance(member, _PROXY) or (replaced is not None and getattr(member, "__wrapped__", None) is replaced)
 
 
 @contextmanager
@@ -132,6 +140,10 @@ class Arms:
         providers = _providers()
         self._bare: Patches = {}
         otel = OpenAIInstrumentor()
+        # Installed and removed once first, so that every module it patches is imported before the
+        # snapshot that tells its patches from the members it found (the SDK imports resources lazily).
+        otel.instrument(**providers)
+        otel.uninstrument()
         self.patches: dict[str, Patches] = {"bare": {}}
         self.patches["otel-v2"] = _patches_of(lambda: otel.instrument(**providers), self._bare)
         otel.uninstrument()

@@ -561,6 +561,7 @@ class Guard:
 
     def _sign(self, kind: Literal["decision", "settlement", "adjustment"], body: dict[str, Any],
               span: CallSpan) -> Sealed:
+        body.update(span.ids)
         receipt = self.receipts.append(kind, body)
         self.telemetry.emit_receipt(receipt, span)
         return receipt

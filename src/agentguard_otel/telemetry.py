@@ -99,11 +99,31 @@ class CallSpan:
     """The CLIENT span of one guarded call; ended exactly once. It is never made current: the
     SDK's own spans and other instrumentations' keep the parent they would have without the guard."""
 
-    __slots__ = ("_ended", "span")
+    __slots__ = ("_ended", "_ids", "span")
 
     def __init__(self, span: Span) -> None:
         self.span = span
         self._ended = False
+        self._ids: dict[str, str | None] | None = None
+
+    @property
+    def ids(self) -> dict[str, str | None]:
+        """``trace_id`` and ``span_id`` (lowercase hex, as W3C trace context writes them) for the
+        call's receipts: the link from a trace to its signed record. Without a span of ours (tracing
+        off), the trace the caller is in, if any, and no span id."""
+        if self._ids is None:
+            self._ids = {"trace_id": None, "span_id": None}
+            try:
+                context = self.span.get_span_context()
+                if context.is_valid:
+                    self._ids = {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+                else:
+                    outer = trace.get_current_span().get_span_context()
+                    if outer.is_valid:
+                        self._ids["trace_id"] = f"{outer.trace_id:032x}"
+            except Exception:  # a broken tracer leaves the receipt unlinked, never the call unguarded
+                logger.exception("agentguard: telemetry failed reading the span's ids")
+        return self._ids
 
     @contained
     def fail(self, error_type: str, description: str) -> None:

@@ -383,6 +383,19 @@ def test_unknown_model_allowed_is_priced_at_the_fallback(server: Any, guarded: G
     assert settlement["actual_nano"] > 0
 
 
+def test_receipts_without_a_span_of_ours_link_the_callers_trace(server: Any, guarded: GuardFactory,
+                                                                otel: Telemetry) -> None:
+    handle = guarded(ALLOW_ALL, tracer_provider=None)  # no global provider either: the guard traces nothing
+    _chat(client(server))
+    with otel.tracer_provider.get_tracer("app").start_as_current_span("request") as outer:
+        _chat(client(server))
+    untraced, _, inside, settled = handle.receipts()
+    assert (untraced["trace_id"], untraced["span_id"]) == (None, None)
+    assert inside["trace_id"] == settled["trace_id"] == f"{outer.get_span_context().trace_id:032x}"
+    assert inside["span_id"] is None
+    assert [s.name for s in otel.finished()] == ["request"]
+
+
 def test_span_metrics_and_logs(server: Any, guarded: GuardFactory, otel: Telemetry) -> None:
     handle = guarded(ALLOW_ALL)
     with scope(tenant="acme", team="eng", user="alice", task="review"):
@@ -406,6 +419,8 @@ def test_span_metrics_and_logs(server: Any, guarded: GuardFactory, otel: Telemet
     assert attrs["agentguard.receipt.sig"] == decision["sig"]
     assert attrs["agentguard.receipt.key_id"] == decision["key_id"]
     assert attrs["agentguard.settlement.receipt.hash"] == settlement["hash"]
+    ids = {"trace_id": f"{span.context.trace_id:032x}", "span_id": f"{span.context.span_id:016x}"}
+    assert {k: decision[k] for k in ids} == ids == {k: settlement[k] for k in ids}
     assert attrs["agentguard.cost.actual_usd"] == settlement["actual_nano"] / 1e9
     assert "sk-test-secret" not in str(dict(attrs)) and "Review this diff" not in str(dict(attrs))
 
