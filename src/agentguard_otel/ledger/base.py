@@ -11,7 +11,7 @@ import functools
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Literal, TypeVar, get_args
@@ -101,6 +101,8 @@ class CounterState:
     spent_nano: int
     held_nano: int
     limit_nano: int
+    # The cap's window name, filled by states() (a console shows it); not part of a state's value.
+    window: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

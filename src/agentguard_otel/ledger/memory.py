@@ -179,7 +179,7 @@ class MemoryLedger(Ledger):
                     self._prune_rolling(key, current, slot.since)
                 spent, held = (current.spent, current.held) if current is not None else (0, 0)
                 states.append(CounterState(key, window_start_datetime(slot.start, row.timezone), spent, held,
-                                           row.limit))
+                                           row.limit, row.window))
             return states
 
     @property

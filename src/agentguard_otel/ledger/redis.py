@@ -485,7 +485,7 @@ class RedisLedger(Ledger):
             slot = window_slot(window, tz, int(length) > 0, now)
             current = slot.start == int(start)
             states.append(CounterState(key, window_start_datetime(slot.start, tz), int(spent) if current else 0,
-                                       int(held) if current else 0, int(limit)))
+                                       int(held) if current else 0, int(limit), window))
         return states
 
     def close(self) -> None:

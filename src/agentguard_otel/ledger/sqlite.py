@@ -326,7 +326,7 @@ class SQLiteLedger(Ledger):
                                       (key, slot.start)).fetchone()
                 spent, held = row if row is not None else (0, 0)
                 states.append(CounterState(key, window_start_datetime(slot.start, timezone), spent, held,
-                                           limit))
+                                           limit, window))
             return states
 
     def close(self) -> None:
