@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from agentguard_otel.cli import main
 from agentguard_otel.receipts import ZERO_HASH, ReceiptWriter, SigningKey, verify
 from agentguard_otel.receipts.format import receipt_line, seal, unsigned_form
-from agentguard_otel.receipts.verify import _batches, _merged, _parallel, _parse, _segment_files, _Ticker, _unsigned
+from agentguard_otel.receipts.verify import _batches, _merged, _parallel, _parse, _Ticker, _unsigned, segment_files
 
 from .conftest import decision_body, read_lines
 from .strategies import any_values
@@ -45,7 +45,7 @@ def chain_files(directory: Path) -> list[Path]:
     """The first segment of each chain, in verify's file order, except that the chain over several
     segments is last: a tamper of the first three sees a chain's whole file (chain ids are random,
     so verify's order alone would put the long chain anywhere)."""
-    first = [path for path in _segment_files([directory]) if path.name.endswith(".00000.ndjson")]
+    first = [path for path in segment_files([directory]) if path.name.endswith(".00000.ndjson")]
     return sorted(first, key=lambda path: path.with_name(path.name.replace(".00000.", ".00001.")).exists())
 
 
@@ -110,7 +110,7 @@ def _moved_across_chains(directory: Path) -> None:
 
 
 def _segment_deleted(directory: Path) -> None:
-    segments = [path for path in _segment_files([directory]) if path.name.endswith(".00001.ndjson")]
+    segments = [path for path in segment_files([directory]) if path.name.endswith(".00001.ndjson")]
     segments[0].unlink()
 
 
@@ -162,7 +162,7 @@ def test_jobs_2_gives_the_verdicts_and_reasons_of_jobs_1(corpus: tuple[Path, dic
 def test_the_parallel_merge_is_the_one_pass_report(corpus: tuple[Path, dict[str, str]]) -> None:
     """The workers really split the files, and their merged report is the serial one, error included."""
     directory, heads = corpus
-    files = _segment_files([directory])
+    files = segment_files([directory])
     batches = _batches(files, 2)
     assert len(batches) >= 4 and [path for batch, _ in batches for path in batch] == files
     merged = _merged(_parallel(batches, {KEY.key_id: KEY.public_key.public_bytes_raw()}, heads, 2,
@@ -176,7 +176,7 @@ def test_a_chain_split_over_two_batches_is_checked_again_in_one_pass(corpus: tup
     directory = tmp_path / "log"
     shutil.copytree(corpus[0], directory)
     _moved_across_chains(directory)
-    batches = _batches(_segment_files([directory]), 2)
+    batches = _batches(segment_files([directory]), 2)
     assert _merged(_parallel(batches, {KEY.key_id: KEY.public_key.public_bytes_raw()}, {}, 2,
                              _Ticker(None, 0))) is None
     report = verify([directory], KEYS, jobs=2)
@@ -185,7 +185,7 @@ def test_a_chain_split_over_two_batches_is_checked_again_in_one_pass(corpus: tup
 
 def test_progress_with_jobs_climbs_to_the_total(corpus: tuple[Path, dict[str, str]]) -> None:
     directory, _ = corpus
-    total = sum(path.stat().st_size for path in _segment_files([directory]))
+    total = sum(path.stat().st_size for path in segment_files([directory]))
     calls: list[tuple[int, int]] = []
     assert verify([directory], KEYS, progress=lambda done, all_: calls.append((done, all_)), jobs=2).ok
     assert calls[0] == (0, total) and calls[-1] == (total, total)

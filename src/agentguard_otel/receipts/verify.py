@@ -76,7 +76,7 @@ def verify(paths: StrPath | Iterable[StrPath], public_keys: Mapping[str, Ed25519
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    files = _segment_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
+    files = segment_files([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     total = sum(path.stat().st_size for path in files)
     keys = {key_id: key.public_bytes_raw() for key_id, key in public_keys.items()}
     expect = dict(expect_heads or {})
@@ -363,7 +363,16 @@ def _signature_valid(public: bytes, sig: str, digest: bytes) -> bool:
     return signature_valid(public, signature, digest)
 
 
-def _segment_files(paths: Iterable[StrPath]) -> list[Path]:
+def segment_order(path: Path) -> tuple[str, str, int]:
+    """Where a receipt file sorts: its directory, its chain's file stem, its segment number (-1 for a
+    file not named as a segment). Files with the same first two hold one chain."""
+    match = _SEGMENT.fullmatch(path.name)
+    if match is None:
+        return str(path.parent), path.name, -1
+    return str(path.parent), match["stem"], int(match["segment"])
+
+
+def segment_files(paths: Iterable[StrPath]) -> list[Path]:
     """Every receipt file named (each once, as the caller spelled it), ordered by directory, chain
     file stem, then segment number."""
     found: dict[Path, Path] = {}
@@ -377,11 +386,4 @@ def _segment_files(paths: Iterable[StrPath]) -> list[Path]:
             found.setdefault(path.resolve(), path)
         else:
             raise ConfigError(f"{path}: no such receipts file or directory")
-
-    def order(path: Path) -> tuple[str, str, int]:
-        match = _SEGMENT.fullmatch(path.name)
-        if match is None:
-            return str(path.parent), path.name, -1
-        return str(path.parent), match["stem"], int(match["segment"])
-
-    return sorted(found.values(), key=order)
+    return sorted(found.values(), key=segment_order)
