@@ -1,4 +1,4 @@
-"""The agentguard command: keygen, verify, policy check, pricing sync, spend, demo."""
+"""The agentguard command: keygen, verify, policy check, pricing sync, models, wizard, spend, demo."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentguard_otel import config
 from agentguard_otel.errors import AgentGuardError
 from agentguard_otel.ledger.report import printable
 from agentguard_otel.version import __version__
+
+if TYPE_CHECKING:
+    from agentguard_otel.pricing import PriceBook
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -78,12 +82,20 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _policy_check(args: argparse.Namespace) -> int:
-    from agentguard_otel.policy import load_policy
+def _price_book(pricing: str | None = None, catalog_dir: str | None = None) -> PriceBook:
+    """The prices the guard would use: overrides from ``pricing`` (default AGENTGUARD_PRICING) and
+    the OpenRouter catalog imported into ``catalog_dir`` (default the data directory's)."""
     from agentguard_otel.pricing import PriceBook
 
-    settings = config.resolve({})
-    prices = PriceBook(overrides=settings.pricing, catalog_dir=settings.catalog_dir)
+    settings = config.resolve({"pricing": pricing})
+    return PriceBook(overrides=settings.pricing,
+                     catalog_dir=Path(catalog_dir) if catalog_dir else settings.catalog_dir)
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from agentguard_otel.policy import load_policy
+
+    prices = _price_book()
     policy = load_policy(Path(args.path), priced=prices.knows)
     caps = sum(len(rule.caps) for rule in policy.rules)
     print(f"{args.path}: OK — policy {policy.id} v{policy.version}, mode {policy.mode}, "
@@ -148,10 +160,33 @@ def _claim_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from agentguard_otel.pricing import catalog
+
+    selection = catalog.Selection(
+        provider=args.provider, search=args.search, sort=args.sort,
+        max_input_nano=None if args.max_input is None else
+        catalog.parse_usd_per_mtok(args.max_input, "--max-input-usd-per-mtok"),
+        max_output_nano=None if args.max_output is None else
+        catalog.parse_usd_per_mtok(args.max_output, "--max-output-usd-per-mtok"))
+    prices = selection.select(_price_book(args.pricing, args.catalog_dir).catalog())
+    if args.json:
+        print(json.dumps([catalog.as_json(price) for price in prices], indent=2))
+    else:
+        print(catalog.table(prices))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agentguard_otel.demo.run import run_demo
 
     return run_demo(calls=args.calls)
+
+
+def _price_sources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pricing", metavar="FILE", help="price overrides (default: AGENTGUARD_PRICING)")
+    parser.add_argument("--catalog-dir", help="where `pricing sync` imported the OpenRouter catalog "
+                                              "(default: the data directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--from", dest="source", required=True, metavar="FILE|URL")
     sync.add_argument("--catalog-dir", help="where the imported catalog is kept (default: the data directory)")
     sync.set_defaults(func=_pricing_sync)
+
+    p = sub.add_parser("models", help="the priced model catalog, cheapest first")
+    p.add_argument("--provider", help="only this provider's models (openai, anthropic, aws, openrouter, *)")
+    p.add_argument("--search", metavar="TEXT", help="only ids (provider/model) containing TEXT, any case")
+    p.add_argument("--max-input-usd-per-mtok", dest="max_input", metavar="USD",
+                   help="only models whose input rate is at most this (exact decimal)")
+    p.add_argument("--max-output-usd-per-mtok", dest="max_output", metavar="USD",
+                   help="only models whose output rate is at most this (exact decimal)")
+    p.add_argument("--sort", default="input", choices=("input", "output"), help="the rate sorted on first")
+    _price_sources(p)
+    p.add_argument("--json", action="store_true", help="a JSON list for scripts")
+    p.set_defaults(func=_models)
 
     p = sub.add_parser("spend", help="current window totals per scope counter")
     p.add_argument("--ledger", help="ledger URL (default: AGENTGUARD_LEDGER or the embedded SQLite ledger)")

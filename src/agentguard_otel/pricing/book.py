@@ -30,6 +30,8 @@ _Entry = tuple[ModelPrice | None, float]
 
 # The price-book providers of the adapters' calls (OpenAI and compatible, OpenRouter, Anthropic, Bedrock).
 ADAPTER_PROVIDERS = ("openai", "openrouter", "anthropic", "aws")
+ANY_PROVIDER = "*"
+"""The provider a bare override key (no ``provider/``) is listed under: it prices the model at any."""
 
 
 class PriceBook:
@@ -65,6 +67,34 @@ class PriceBook:
             self._cache.clear()
         self._cache[key] = entry
         return entry[0]
+
+    def catalog(self) -> list[ModelPrice]:
+        """Every model this book prices under a provider the adapters speak for, each resolved by
+        :meth:`lookup` (so the source shown is the one a call would be priced from): the bundled
+        models, the imported OpenRouter catalog and the overrides. A bare override key applies to
+        any provider and is listed under :data:`ANY_PROVIDER`. OpenRouter ids priced only through
+        their vendor's bundled price are not enumerated."""
+        pairs: dict[tuple[str, str], None] = {}
+        for provider in ADAPTER_PROVIDERS:
+            source = genai_provider(provider)
+            for info in source.models if source is not None else ():
+                pairs[(provider, info.id)] = None
+        aliases = {dashed_versions(key) for key, price in self._catalog.items()
+                   if dashed_versions(key) != key and self._catalog.get(dashed_versions(key)) is price}
+        for key in self._catalog:
+            if key not in aliases:
+                pairs[(OPENROUTER, key)] = None
+        for key in self._overrides:
+            prefix, slash, rest = key.partition("/")
+            named = genai_provider(prefix) if slash else None
+            if named is not None and named.id in ADAPTER_PROVIDERS:
+                pairs[(named.id, rest)] = None
+            if not slash:
+                pairs[(ANY_PROVIDER, key)] = None
+            elif named is None or named.id != OPENROUTER:  # a bare OpenRouter id (vendor/model) too
+                pairs[(OPENROUTER, key)] = None
+        found = (self.lookup(provider, model) for provider, model in pairs)
+        return [price for price in found if price is not None]
 
     def actual_cost_nano(self, price: ModelPrice, usage: TokenUsage) -> int:
         """See :func:`agentguard_otel.pricing.estimate.actual_cost_nano`; a usage in a unit the
