@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -63,6 +63,12 @@ _SEVERITY: dict[str, int] = {"allow": 0, "shadow": 1, "downgrade": 2, "block": 3
 DEFAULT_TIMEOUT_SECONDS = 600.0
 HOLD_GRACE_SECONDS = 60.0
 MAX_DEFERRED = 10_000  # deferred results this process remembers for a later correction
+MAX_KEPT_SPECS = 65_536  # counter specs kept for reuse (one per cap and caller seen lately)
+
+
+def _new_call_id() -> str:
+    """128 random bits as 32 hex digits (a uuid4's entropy, without building a UUID object)."""
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class Guard:
         self._closing = False
         self._flight_lock = threading.Lock()
         self._deferred: OrderedDict[str, GuardedCall] = OrderedDict()  # response id -> call settled in advance
+        self._specs: dict[tuple[str, int, str, bool, bool], CounterSpec] = {}
 
     @property
     def enforcing(self) -> bool:
@@ -206,7 +213,7 @@ class Guard:
                              model="", stream=False, input_bytes=0, input_items=0, input_images=0,
                              max_output_tokens=None, server_address=endpoint.server_address)
         span = self.telemetry.start_call(request, scope)
-        body = {"call_id": uuid.uuid4().hex, "scope": scope.as_dict(), "policy": self._policy_ref,
+        body = {"call_id": _new_call_id(), "scope": scope.as_dict(), "policy": self._policy_ref,
                 "action": "block" if blocked else "allow", "reason": reason, "provider": endpoint.provider,
                 "operation": endpoint.description, "unknown_endpoint": True, "degraded": not blocked}
         receipt: dict[str, Any] | None
@@ -277,7 +284,7 @@ class Guard:
         price = fallback_price(request.price_provider, request.model, fallback.input_nano_per_mtok,
                                fallback.output_nano_per_mtok)
         action: Action = "block" if self.enforcing else "allow"
-        return Decision(call_id=uuid.uuid4().hex, action=action, reason=f"agentguard internal error "
+        return Decision(call_id=_new_call_id(), action=action, reason=f"agentguard internal error "
                         f"({type(exc).__name__})", model_requested=request.model, model_effective=request.model,
                         estimated_nano=0, price=price, max_output_tokens=request.max_output_tokens,
                         changes=RequestChanges(), degraded=True)
@@ -318,7 +325,7 @@ class Guard:
                      for i, cap in enumerate(rule.caps))
         clamp = min((r.max_output_tokens for r in rules if r.max_output_tokens is not None), default=None)
         output_bound, inject = self._output_bound(request, clamp, bool(caps))
-        return _Plan(request=request, call_id=uuid.uuid4().hex, caps=caps, price=price, unknown=unknown,
+        return _Plan(request=request, call_id=_new_call_id(), caps=caps, price=price, unknown=unknown,
                      fallback_prices=tuple(p for p, _ in fallbacks), output_bound=output_bound,
                      clamp=output_bound if inject and self.enforcing else None,
                      violation=self._violation(request, scope, rules, candidates, unknown, claim_error))
@@ -520,8 +527,17 @@ class Guard:
                                                audio_seconds=request.input_audio_seconds) for price in prices)
 
     def _spec(self, ref: CapRef, enforce: bool) -> CounterSpec:
-        return CounterSpec(key=ref.counter, limit_nano=ref.cap.limit_nano, window=ref.cap.window,  # type: ignore[arg-type]
-                           rolling=ref.cap.rolling, timezone=self.policy.timezone, enforce=enforce)
+        """The counter of a cap for this caller; built (and validated) once per counter and kept,
+        as the same few counters are reserved against call after call."""
+        key = (ref.counter, ref.cap.limit_nano, ref.cap.window, ref.cap.rolling, enforce)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = CounterSpec(key=ref.counter, limit_nano=ref.cap.limit_nano, window=ref.cap.window,  # type: ignore[arg-type]
+                               rolling=ref.cap.rolling, timezone=self.policy.timezone, enforce=enforce)
+            if len(self._specs) >= MAX_KEPT_SPECS:
+                self._specs.clear()
+            self._specs[key] = spec
+        return spec
 
     @staticmethod
     def _cap_reason(ref: CapRef) -> str:

@@ -31,6 +31,7 @@ from agentguard_otel.version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
+    from opentelemetry.context import Context
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
@@ -99,12 +100,20 @@ class CallSpan:
     """The CLIENT span of one guarded call; ended exactly once. It is never made current: the
     SDK's own spans and other instrumentations' keep the parent they would have without the guard."""
 
-    __slots__ = ("_ended", "_ids", "span")
+    __slots__ = ("_context", "_ended", "_ids", "span")
 
     def __init__(self, span: Span) -> None:
         self.span = span
         self._ended = False
         self._ids: dict[str, str | None] | None = None
+        self._context: Context | None = None
+
+    @property
+    def context(self) -> Context:
+        """A context holding the span, for the call's log records (built once, for both receipts)."""
+        if self._context is None:
+            self._context = set_span_in_context(self.span)
+        return self._context
 
     @property
     def ids(self) -> dict[str, str | None]:
@@ -327,10 +336,9 @@ class Telemetry:
     @contained
     def emit_receipt(self, receipt: Sealed, call: CallSpan | None = None) -> None:
         """One log record per receipt; the body is the receipt line itself, byte for byte."""
-        context = set_span_in_context(call.span) if call is not None else None
         self.logger.emit(LogRecord(
             timestamp=time.time_ns(),
-            context=context,
+            context=call.context if call is not None else None,
             severity_number=SeverityNumber.INFO,
             severity_text="INFO",
             event_name="agentguard.receipt",

@@ -491,8 +491,33 @@ _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads and del
 
 def _sent_path(client: Any, url: str) -> str:
     """The path of the URL the SDK will send: a relative ``url`` joined to the client's base URL
-    as the SDK joins it (``_prepare_url``), an absolute one as it is."""
-    prepare = getattr(client, "_prepare_url", None)
+    as the SDK joins it (``_prepare_url``), an absolute one as it is.
+
+    The join is the class's own pure function of the base URL and ``url``, so its answer is kept per
+    (function, base URL, url): parsing two URLs per request cost more than pricing it. A client whose
+    instance carries its own ``_prepare_url`` is asked every time."""
+    prepare = getattr(type(client), "_prepare_url", None)
+    if prepare is None or "_prepare_url" in getattr(client, "__dict__", ()):
+        return _joined_path(getattr(client, "_prepare_url", None), url)
+    return _class_joined_path(prepare, client, str(getattr(client, "base_url", "")), url)
+
+
+def _class_joined_path(prepare: Callable[[Any, str], Any], client: Any, base_url: str, url: str) -> str:
+    key = (prepare, base_url, url)
+    found = _JOINED.get(key)
+    if found is None:
+        found = _joined_path(functools.partial(prepare, client), url)
+        if len(_JOINED) >= _JOINED_MAX:
+            _JOINED.clear()
+        _JOINED[key] = found
+    return found
+
+
+_JOINED: dict[tuple[Any, str, str], str] = {}  # the few (join, base URL, url) an application sends to
+_JOINED_MAX = 4096
+
+
+def _joined_path(prepare: Callable[[str], Any] | None, url: str) -> str:
     try:
         full = prepare(url) if prepare is not None else None
     except Exception:
