@@ -92,6 +92,14 @@ def _price_book(pricing: str | None = None, catalog_dir: str | None = None) -> P
                      catalog_dir=Path(catalog_dir) if catalog_dir else settings.catalog_dir)
 
 
+def _verify_page(args: argparse.Namespace) -> int:
+    from agentguard_otel.receipts.page import write_verify_page
+
+    path = write_verify_page(args.output)
+    print(f"wrote {path}: open it in any browser (it works from disk and fetches nothing) to verify receipts")
+    return 0
+
+
 def _policy_check(args: argparse.Namespace) -> int:
     from agentguard_otel.policy import load_policy
 
@@ -210,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the chains of different files on N processes (same report as 1; default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("verify-page", help="write the self-contained verify page: receipts checked in a browser")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="the HTML file to write")
+    p.set_defaults(func=_verify_page)
 
     p = sub.add_parser("policy", help="policy tools")
     policy_sub = p.add_subparsers(dest="policy_command", required=True)

@@ -1,0 +1,208 @@
+"""The self-contained verify page, in Chromium opened from file://: the CLI's verdict and reason on every
+tampering, shared receipt links, progress on a large log, and the canonical form byte for byte."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from playwright.sync_api import Page
+
+from agentguard_otel.cli import main
+from agentguard_otel.receipts import ReceiptWriter, SigningKey, canonical_json, load_public_keys, verify
+from agentguard_otel.receipts.page import verifier_script, verify_page_html
+from tests.receipts.conftest import decision_body, segments
+from tests.receipts.strategies import receipt_values
+
+from . import tamper
+
+
+@pytest.fixture(scope="module")
+def page_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The page as ``agentguard verify-page`` writes it."""
+    path = tmp_path_factory.mktemp("page") / "verify.html"
+    assert main(["verify-page", "--output", str(path)]) == 0
+    return path
+
+
+def cli_lines(case: tamper.Case, root: Path, capsys: pytest.CaptureFixture[str],
+              monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What ``agentguard verify`` prints for the case, files named relative to their directory (the
+    names a browser gives picked files)."""
+    monkeypatch.chdir(root)
+    args = ["verify", *(p.name for p in case.files)]
+    for key in case.keys:
+        args += ["--public-key", key.name]
+    for head in case.expect:
+        args += ["--expect-head", head]
+    capsys.readouterr()
+    main(args)
+    return capsys.readouterr().out.splitlines()
+
+
+def page_verdict(page: Page, case: tamper.Case) -> tuple[str, str, str]:
+    """Pick the case's files in the page, verify; (data-verdict, verdict text, summary text)."""
+    page.set_input_files("#receipts", [str(p) for p in case.files])
+    page.set_input_files("#keys", [str(p) for p in case.keys])
+    page.fill("#expect-head", " ".join(case.expect))
+    page.click("#verify")
+    page.wait_for_selector("#verdict[data-verdict]")
+    return (page.get_attribute("#verdict", "data-verdict") or "", page.inner_text("#verdict"),
+            page.inner_text("#summary"))
+
+
+@pytest.mark.parametrize("name", list(tamper.CASES))
+def test_the_page_reaches_the_cli_verdict_and_reason(name: str, page: Page, page_file: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    case = tamper.build(name, tmp_path / "case")
+    expected = cli_lines(case, tmp_path / "case", capsys, monkeypatch)
+    page.goto(page_file.as_uri())
+    verdict, text, summary = page_verdict(page, case)
+    assert text == expected[-1]
+    assert summary.splitlines() == expected[:-1]
+    assert verdict == ("ok" if expected[-1].startswith("OK: ") else "bad")
+
+
+def test_the_corpus_covers_ok_and_every_kind_of_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    reasons = set()
+    for name in tamper.CASES:
+        root = tmp_path / name
+        last = cli_lines(tamper.build(name, root), root, capsys, monkeypatch)[-1]
+        reasons.add("OK" if last.startswith("OK: ") else re.sub(r"[:(].*", "", last.split(": ", 2)[2]))
+    assert reasons >= {"OK", "hash mismatch", "untrusted key ed25519", "bad signature", "edited line",
+                       "out of order", "missing start", "truncated", "missing chain", "torn last line",
+                       "malformed line", "malformed receipt", "broken link", "bad checkpoint",
+                       "key_id ed25519"}
+
+
+def _log(directory: Path, key: SigningKey, count: int, **options: Any) -> list[Path]:
+    writer = ReceiptWriter(directory, key, **options)
+    for n in range(count):
+        writer.append("decision", {**decision_body(n), "note": "x" * (n % 50)})
+    writer.close()
+    return segments(directory)
+
+
+def test_a_large_log_verifies_with_progress_to_100_percent(page: Page, page_file: Path, tmp_path: Path) -> None:
+    key = SigningKey.generate(tmp_path / "signer.key")
+    files = _log(tmp_path / "log", key, 12_000, segment_max_bytes=2 << 20)
+    assert len(files) > 1
+    page.goto(page_file.as_uri())
+    page.evaluate("""() => { window.seen = [];
+        new MutationObserver(() => window.seen.push(document.getElementById('progress').value))
+          .observe(document.getElementById('progress'), {attributes: true}); }""")
+    verdict, text, summary = page_verdict(page, tamper.Case(files, [tmp_path / "signer.key.pub"]))
+    assert (verdict, text) == ("ok", "OK: every receipt verifies against the trusted keys")
+    report = verify(files, load_public_keys([tmp_path / "signer.key.pub"]))
+    assert report.receipts > 12_000
+    assert summary.splitlines()[0] == f"receipts checked: {report.receipts} in 1 chain(s)"
+    assert page.inner_text("#progress-text") == "100.0%"
+    seen = page.evaluate("window.seen")
+    assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == 100 and 0 < seen[1] < 100
+
+
+def _shared_link(page_file: Path, line: bytes) -> str:
+    return page_file.as_uri() + "#r=" + base64.urlsafe_b64encode(line).decode().rstrip("=")
+
+
+def test_a_shared_receipt_link_verifies_against_the_auditors_key(page: Page, page_file: Path,
+                                                                   tmp_path: Path) -> None:
+    key = SigningKey.generate(tmp_path / "signer.key")
+    line = _log(tmp_path / "log", key, 3)[0].read_bytes().splitlines()[1]
+    receipt = json.loads(line)
+    page.goto(_shared_link(page_file, line))
+    assert page.inner_text("#fields tr:has(th:text-is('hash')) td") == receipt["hash"]
+    assert page.inner_text("#fields tr:has(th:text-is('estimated_nano')) td") == str(receipt["estimated_nano"])
+    page.set_input_files("#keys", str(tmp_path / "signer.key.pub"))
+    page.wait_for_selector("#verdict[data-verdict]")
+    assert page.get_attribute("#verdict", "data-verdict") == "ok"
+    assert page.inner_text("#verdict") == (f"OK: receipt chain {receipt['chain']} seq 1 verifies "
+                                           "against the trusted keys")
+
+
+@pytest.mark.parametrize(("old", "new", "reason"), [
+    (b'"estimated_nano":1234568', b'"estimated_nano":1', "hash mismatch: the receipt was edited"),
+    (b"", b"", "untrusted key {key_id}"),
+    (b'"}', b'"} ', "edited line: its bytes are not the serialization of the signed receipt"),
+])
+def test_a_tampered_or_foreign_shared_receipt_fails(old: bytes, new: bytes, reason: str, page: Page,
+                                                    page_file: Path, tmp_path: Path) -> None:
+    key = SigningKey.generate(tmp_path / "signer.key")
+    stranger = SigningKey.generate(tmp_path / "stranger.key")
+    line = _log(tmp_path / "log", key, 3)[0].read_bytes().splitlines()[1]
+    trusted = "stranger.key.pub" if "untrusted" in reason else "signer.key.pub"
+    page.goto(_shared_link(page_file, line.replace(old, new, 1) if old else line))
+    page.set_input_files("#keys", str(tmp_path / trusted))
+    page.wait_for_selector("#verdict[data-verdict]")
+    assert page.get_attribute("#verdict", "data-verdict") == "bad"
+    chain = json.loads(line)["chain"]
+    assert page.inner_text("#verdict") == (f"FAILED: shared receipt chain {chain} seq 1: "
+                                           + reason.format(key_id=key.key_id))
+    assert stranger.key_id != key.key_id
+
+
+def test_a_private_key_is_refused_as_the_cli_refuses_it(page: Page, page_file: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    case = tamper.build("valid", tmp_path / "case")
+    case.keys = [tmp_path / "case" / "signer.key"]
+    monkeypatch.chdir(tmp_path / "case")
+    assert main(["verify", case.files[0].name, "--public-key", "signer.key"]) == 2
+    expected = capsys.readouterr().err.strip()
+    page.goto(page_file.as_uri())
+    verdict, text, _ = page_verdict(page, case)
+    assert (verdict, text) == ("error", expected)
+
+
+def test_the_page_fetches_nothing_and_allows_only_its_own_inline_code(page: Page, page_file: Path) -> None:
+    html = verify_page_html()
+    assert page_file.read_text(encoding="utf-8") == html
+    assert verifier_script() in html
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", html)
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
+    assert csp is not None and "default-src 'none'" in csp.group(1) and "unsafe" not in csp.group(1)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(page_file.as_uri())
+    page.wait_for_function("typeof globalThis.AgentGuardVerify === 'object'")
+    assert requests == [page_file.as_uri()]
+    blocked = page.evaluate("""async () => { try { await fetch('http://127.0.0.1:9/'); return 'fetched'; }
+                                             catch (e) { return 'blocked'; } }""")
+    assert blocked == "blocked"
+
+
+# Receipt-shaped values as JSON text, plus integers of any size (parsed exactly, refused past 2**53 - 1).
+json_values = st.recursive(
+    st.one_of(receipt_values, st.integers()),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=4), children,
+                                                                               max_size=4)),
+    max_leaves=20,
+)
+
+
+def _python_canonical(text: str) -> str:
+    try:
+        return canonical_json(json.loads(text)).decode("utf-8")
+    except (TypeError, ValueError) as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=json_values, ascii_only=st.booleans())
+def test_the_js_canonical_form_is_the_python_one(value: Any, ascii_only: bool, page: Page, page_file: Path) -> None:
+    if page.url != page_file.as_uri():
+        page.goto(page_file.as_uri())
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    got = page.evaluate("""(text) => { const V = AgentGuardVerify;
+        try { return V.canonicalText(V.parseLine(new TextEncoder().encode(text + '\\n')).value); }
+        catch (e) { if (!(e instanceof Error) || e instanceof TypeError) throw e; return 'error: ' + e.message; } }""",
+                        text)
+    assert got == _python_canonical(text)
