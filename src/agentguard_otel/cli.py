@@ -92,14 +92,6 @@ def _price_book(pricing: str | None = None, catalog_dir: str | None = None) -> P
                      catalog_dir=Path(catalog_dir) if catalog_dir else settings.catalog_dir)
 
 
-def _verify_page(args: argparse.Namespace) -> int:
-    from agentguard_otel.receipts.page import write_verify_page
-
-    path = write_verify_page(args.output)
-    print(f"wrote {path}: open it in any browser (it works from disk and fetches nothing) to verify receipts")
-    return 0
-
-
 def _policy_check(args: argparse.Namespace) -> int:
     from agentguard_otel.policy import load_policy
 
@@ -185,6 +177,28 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wizard(args: argparse.Namespace) -> int:
+    from agentguard_otel import wizard
+
+    models = wizard.Catalog(_price_book(args.pricing, args.catalog_dir))
+    output = Path(wizard.output_path(args.output))
+    if not args.non_interactive:
+        if not sys.stdin.isatty():
+            raise AgentGuardError("the wizard asks on a terminal; without one, give the answers as flags with "
+                                  "--non-interactive (--template, --team, --daily-usd ...)")
+        return wizard.interactive(models, output, force=args.force)
+    missing = [f"--{name.replace('_', '-')}" for name in ("template", "team", "daily_usd")
+               if getattr(args, name) is None]
+    if missing:
+        raise AgentGuardError(f"--non-interactive needs {', '.join(missing)}")
+    answers = wizard.answers_from_flags(models, template_key=args.template, team=args.team,
+                                        daily_usd=args.daily_usd, minute_usd=args.minute_usd, model=args.model,
+                                        downgrade_to=args.downgrade_to, per_user=args.per_user)
+    policy = wizard.write_policy(output, answers, models.book, force=args.force)
+    print(wizard.report(answers, output, policy))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from agentguard_otel.demo.run import run_demo
 
@@ -219,10 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_verify)
 
-    p = sub.add_parser("verify-page", help="write the self-contained verify page: receipts checked in a browser")
-    p.add_argument("--output", "-o", required=True, metavar="FILE", help="the HTML file to write")
-    p.set_defaults(func=_verify_page)
-
     p = sub.add_parser("policy", help="policy tools")
     policy_sub = p.add_subparsers(dest="policy_command", required=True)
     check = policy_sub.add_parser("check", help="validate a policy file (errors name file, line and field)")
@@ -247,6 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
     _price_sources(p)
     p.add_argument("--json", action="store_true", help="a JSON list for scripts")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("wizard", help="write a policy for a team from a task template, step by step")
+    p.add_argument("--non-interactive", action="store_true", help="take every answer from the flags")
+    p.add_argument("--template", help="code-review, risk-analysis, payment-approval, chargeback-evidence, "
+                                      "agent-support or repo-scan")
+    p.add_argument("--team", help="the team the policy's rule matches")
+    p.add_argument("--daily-usd", help="the team's daily cap in USD")
+    p.add_argument("--minute-usd", help="the rolling per-minute runaway cap (default: a 20th of the daily cap)")
+    p.add_argument("--model", help="provider/model instead of the template's (see agentguard models)")
+    p.add_argument("--downgrade-to", help="the cheaper model past the daily cap, or none to block")
+    p.add_argument("--per-user", action="store_true", help="each user gets their own caps")
+    p.add_argument("--output", default="policy.yaml", help="the policy file to write (default policy.yaml)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    _price_sources(p)
+    p.set_defaults(func=_wizard)
 
     p = sub.add_parser("spend", help="current window totals per scope counter")
     p.add_argument("--ledger", help="ledger URL (default: AGENTGUARD_LEDGER or the embedded SQLite ledger)")
