@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,47 @@ def test_the_js_canonical_form_is_the_python_one(value: Any, ascii_only: bool, p
         catch (e) { if (!(e instanceof Error) || e instanceof TypeError) throw e; return 'error: ' + e.message; } }""",
                         text)
     assert got == _python_canonical(text)
+
+
+@pytest.fixture(scope="module")
+def flip_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], Path]:
+    """A short log whose lines hold escapes, non-ASCII, nested values and checkpoints; its key file."""
+    directory = tmp_path_factory.mktemp("flip")
+    key = SigningKey.generate(directory / "signer.key")
+    writer = ReceiptWriter(directory / "log", key, checkpoint_every=2)
+    writer.append("decision", {**decision_body(0), "note": "ctl \x01\x1f \" \\ é 😀 \u2028"})
+    writer.append("settlement", {"decision": "ab" * 32, "usage": {"input_tokens": 12, "output": [1, None]}})
+    writer.append("decision", decision_body(2))
+    writer.close()
+    (path,) = segments(directory / "log")
+    return path.read_bytes().splitlines(keepends=True), directory / "signer.key.pub"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_flipped_byte_gets_the_cli_reason(data: st.DataObject, flip_source: tuple[list[bytes], Path],
+                                              page: Page, page_file: Path) -> None:
+    lines, key_file = flip_source
+    index = data.draw(st.integers(0, len(lines) - 1), label="line")
+    position = data.draw(st.integers(0, len(lines[index]) - 1), label="byte")
+    mask = data.draw(st.sampled_from([1, 2, 4, 8, 16, 32, 64, 128]) | st.integers(1, 255), label="xor")
+    line = bytearray(lines[index])
+    line[position] ^= mask
+    log = b"".join([*lines[:index], bytes(line), *lines[index + 1:]])
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "flipped.00000.ndjson"
+        path.write_bytes(log)
+        expected = verify([path], load_public_keys([key_file])).as_dict()
+    if page.url != page_file.as_uri():
+        page.goto(page_file.as_uri())
+    got = page.evaluate("""async ([log, key]) => { const V = AgentGuardVerify;
+        const keys = await V.loadKeys([{name: 'signer.key.pub', bytes: V.base64Decode(key)}]);
+        const report = await V.verifyLog([{name: 'flipped.00000.ndjson', bytes: V.base64Decode(log)}], keys, []);
+        if (report.first_error) report.first_error.seq = report.first_error.seq?.toString() ?? null;
+        return report; }""", [base64.b64encode(log).decode(), base64.b64encode(key_file.read_bytes()).decode()])
+    error = expected["first_error"]
+    if error is not None:
+        error["file"] = error["file"] and "flipped.00000.ndjson"
+        error["seq"] = None if error["seq"] is None else str(error["seq"])
+    for name in ("ok", "receipts", "first_error"):
+        assert got[name] == expected[name], (index, position, mask)

@@ -395,12 +395,14 @@
     }) + '"';
   }
 
+  /** JSON text of a parsed value, keys sorted (canonical for the values canonicalText accepts). */
   function serialize(value) {
     if (typeof value === "string") return quote(value);
     if (typeof value === "bigint") return value.toString();
     if (value === true) return "true";
     if (value === false) return "false";
     if (value === null) return "null";
+    if (value instanceof PyFloat) return value.text;
     if (Array.isArray(value)) return "[" + value.map(serialize).join(",") + "]";
     const keys = [...value.keys()].sort();  // UTF-16 code unit order, as RFC 8785 sorts
     return "{" + keys.map((k) => quote(k) + ":" + serialize(value.get(k))).join(",") + "}";
@@ -839,7 +841,7 @@
    * with optional expected heads (Map, object or CHAIN=HASH strings). ``onProgress(done, total)``
    * gets byte counts as the files are checked; the UI stays responsive on large logs. Returns the
    * report of verify.py (ok, receipts, chains, first_error, torn) plus ``lines`` and ``verdict``, the
-   * text `agentguard verify` prints. */
+   * text `agentguard verify` prints. ``first_error.seq`` is a BigInt (exact); ``chains[c].seq`` a Number. */
   async function verifyLog(files, keys, expectHeads, onProgress) {
     const ordered = segmentOrder([...files]);
     const total = ordered.reduce((sum, file) => sum + sizeOf(file), 0);
@@ -905,7 +907,7 @@
   }
 
   root.AgentGuardVerify = {
-    verifyLog, verifyReceiptLine, loadKeys, parseExpectHeads, canonicalJson, canonicalText, parseLine,
+    verifyLog, verifyReceiptLine, loadKeys, parseExpectHeads, canonicalJson, canonicalText, parseLine, jsonText: serialize,
     pyRepr, printable, base64Decode, ConfigError, PyFloat,
   };
 })(globalThis);

@@ -32,7 +32,7 @@
       th.scope = "row";
       th.textContent = name;
       row.appendChild(th);
-      row.insertCell().textContent = typeof value === "string" ? value : V.pyRepr(value);
+      row.insertCell().textContent = typeof value === "string" ? value : V.jsonText(value);
     }
     $("shared").hidden = false;
   }
