@@ -181,12 +181,14 @@ def _wizard(args: argparse.Namespace) -> int:
     from agentguard_otel import wizard
 
     models = wizard.Catalog(_price_book(args.pricing, args.catalog_dir))
+    overrides = config.resolve({"pricing": args.pricing}).pricing
+    pricing = Path(overrides) if isinstance(overrides, str) else None
     output = Path(wizard.output_path(args.output))
     if not args.non_interactive:
         if not sys.stdin.isatty():
             raise AgentGuardError("the wizard asks on a terminal; without one, give the answers as flags with "
                                   "--non-interactive (--template, --team, --daily-usd ...)")
-        return wizard.interactive(models, output, force=args.force)
+        return wizard.interactive(models, output, force=args.force, pricing=pricing)
     missing = [f"--{name.replace('_', '-')}" for name in ("template", "team", "daily_usd")
                if getattr(args, name) is None]
     if missing:
@@ -195,7 +197,7 @@ def _wizard(args: argparse.Namespace) -> int:
                                         daily_usd=args.daily_usd, minute_usd=args.minute_usd, model=args.model,
                                         downgrade_to=args.downgrade_to, per_user=args.per_user)
     policy = wizard.write_policy(output, answers, models.book, force=args.force)
-    print(wizard.report(answers, output, policy))
+    print(wizard.report(answers, output, policy, pricing))
     return 0
 
 

@@ -255,12 +255,17 @@ def write_policy(path: Path, answers: Answers, book: PriceBook, *, force: bool) 
     return policy
 
 
-def snippet(answers: Answers, path: Path) -> str:
-    """How to run under the policy: the zero-code environment lines and the explicit Python."""
+def snippet(answers: Answers, path: Path, pricing: Path | None = None) -> str:
+    """How to run under the policy: the zero-code environment lines and the explicit Python (with
+    the overrides file the models were priced from, which the guard then needs too)."""
     where = str(path.resolve())
     fields = {"team": answers.team, "task": answers.template.key}
     env = [f"export AGENTGUARD_POLICY={shlex.quote(where)}", f"export AGENTGUARD_TEAM={shlex.quote(answers.team)}",
            f"export AGENTGUARD_TASK={shlex.quote(answers.template.key)}"]
+    settings = f"policy={json.dumps(where)}"
+    if pricing is not None:
+        env.append(f"export AGENTGUARD_PRICING={shlex.quote(str(pricing.resolve()))}")
+        settings += f", pricing={json.dumps(str(pricing.resolve()))}"
     if answers.per_user:
         env.append("export AGENTGUARD_USER=...   # each user has their own caps")
     if answers.template.capability:
@@ -276,7 +281,7 @@ def snippet(answers: Answers, path: Path) -> str:
         "Explicit:",
         "  from agentguard_otel import AgentGuardInstrumentor, scope",
         "",
-        f"  AgentGuardInstrumentor().instrument(policy={json.dumps(where)})",
+        f"  AgentGuardInstrumentor().instrument({settings})",
         f"  with scope({arguments}):",
         f"      ...  # calls to {answers.model.model}",
     ])
@@ -318,24 +323,31 @@ class Interview:
             return None
         return chosen.downgrade_to
 
+    def _priced(self, name: str) -> str:
+        price = self.catalog.prices.get(name)
+        return f"{name} ({usd_text(price.input)} / {usd_text(price.output)})" if price else \
+            f"{name} (not in the catalog)"
+
     def run(self, output: Path) -> tuple[Answers, Path, bool]:
-        print("Task templates (recommended models):")
+        print("Task templates (recommended models, USD per million tokens in / out):")
         for index, choice in enumerate(TEMPLATES, start=1):
-            then = f" -> {choice.downgrade_to}" if choice.downgrade_to else ""
+            then = f" -> {self._priced(choice.downgrade_to)}" if choice.downgrade_to else ""
             need = f", needs {choice.capability}" if choice.capability else ""
-            print(f"  {index}. {choice.key:<20} {choice.model}{then}{need}")
+            print(f"  {index}. {choice.key:<20} {self._priced(choice.model)}{then}{need}")
         chosen: Template = self.question("Template (number or name)", template)
         team: str = self.question("Team", parse_team)
         default_model = chosen.model if chosen.model in self.catalog.prices else None
         if default_model is None:
             print(f"  {chosen.model} is not in the catalog: choose another model")
-        model: ModelPrice = self.model(f"Model {_price_note(self.catalog, default_model)}", default_model,
-                                       lambda text: self.catalog.model(text, "the model"),
+        model: ModelPrice = self.model("Model", default_model, lambda text: self.catalog.model(text, "the model"),
                                        chosen.model.split("/", 1)[0])
+        print(f"  {model_id(model)}: {_rates(model)}")
         target = self._valid_downgrade(chosen, model)
         downgrade: ModelPrice | None = self.model(
-            f"Past the daily cap, downgrade to ('{NO_DOWNGRADE}' blocks) {_price_note(self.catalog, target)}",
-            target or NO_DOWNGRADE, lambda text: self.catalog.downgrade(text, model), model.provider)
+            f"Past the daily cap, downgrade to ('{NO_DOWNGRADE}' blocks)", target or NO_DOWNGRADE,
+            lambda text: self.catalog.downgrade(text, model), model.provider)
+        if downgrade is not None:
+            print(f"  {model_id(downgrade)}: {_rates(downgrade)}")
         daily: tuple[Decimal, int] = self.question("Daily cap, USD", lambda text: parse_usd(text, "the daily cap"))
         answers = Answers(chosen, team, model, downgrade, daily[1], daily[1], daily[0], daily[0])
 
@@ -355,9 +367,6 @@ class Interview:
                 return answers, path, True
 
 
-def _price_note(catalog: Catalog, model: str | None) -> str:
-    price = catalog.prices.get(model) if model else None
-    return f"({_rates(price)})" if price is not None else ""
 
 
 def _yes_no(text: str) -> bool:
@@ -391,15 +400,15 @@ def answers_from_flags(catalog: Catalog, *, template_key: str, team: str, daily_
     return answers
 
 
-def report(answers: Answers, path: Path, policy: Policy) -> str:
+def report(answers: Answers, path: Path, policy: Policy, pricing: Path | None = None) -> str:
     caps = ", ".join(f"{usd_text(nano)} a {window}" for nano, window in
                      ((answers.daily_nano, "day"), (answers.minute_nano, "minute")))
     return "\n".join([f"wrote {path}: policy {policy.id}, rule {answers.template.key} for team {answers.team}, "
                       f"{model_id(answers.model)} ({_rates(answers.model)}), caps {caps}; "
-                      f"digest {policy.digest}", "", snippet(answers, path)])
+                      f"digest {policy.digest}", "", snippet(answers, path, pricing)])
 
 
-def interactive(catalog: Catalog, output: Path, *, force: bool) -> int:
+def interactive(catalog: Catalog, output: Path, *, force: bool, pricing: Path | None = None) -> int:
     """Ask on the terminal; Ctrl-D or Ctrl-C leaves without writing anything."""
     try:
         answers, path, replace_file = Interview(catalog).run(output)
@@ -407,5 +416,5 @@ def interactive(catalog: Catalog, output: Path, *, force: bool) -> int:
         print("\nagentguard wizard: cancelled, no policy written", file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
     policy = write_policy(path, answers, catalog.book, force=force or replace_file)
-    print(report(answers, path, policy))
+    print(report(answers, path, policy, pricing))
     return 0

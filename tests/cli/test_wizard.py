@@ -114,6 +114,28 @@ def test_bad_answers_are_refused_and_nothing_is_written(flags: list[str], messag
     assert list(tmp_path.iterdir()) == []
 
 
+def test_models_priced_by_overrides_come_with_the_overrides_in_the_snippet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        guarded: GuardFactory) -> None:
+    overrides = tmp_path / "prices.yaml"
+    overrides.write_text('openai/house-large: {input_usd_per_mtok: "4", output_usd_per_mtok: "16"}\n'
+                         'openai/house-small: {input_usd_per_mtok: "0.4", output_usd_per_mtok: "1.6"}\n')
+    flags = ["--template", "code-review", "--team", "eng", "--daily-usd", "5", "--model", "openai/house-large",
+             "--downgrade-to", "house-small"]
+    assert main(["wizard", "--non-interactive", *flags, "--output", str(tmp_path / "unpriced.yaml")]) == 2
+    assert "--model 'openai/house-large' has no price in the catalog" in capsys.readouterr().err
+    policy = _write(tmp_path, *flags, "--pricing", str(overrides))
+    written = capsys.readouterr().out
+    assert f"export AGENTGUARD_PRICING={overrides}" in written
+    assert f'instrument(policy="{policy}", pricing="{overrides}")' in written
+    assert main(["policy", "check", str(policy)]) == 2  # without the overrides the downgrade target is unpriced
+    assert "'house-small' has no known price" in capsys.readouterr().err
+    monkeypatch.setenv("AGENTGUARD_PRICING", str(overrides))
+    assert main(["policy", "check", str(policy)]) == 0
+    handle = guarded(str(policy), pricing=str(overrides))
+    assert handle.guard.policy.rules[0].caps[0].downgrade_to == "house-small"
+
+
 def test_an_existing_file_is_kept_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "policy.yaml"
     output.write_text("mine\n")
@@ -203,13 +225,14 @@ def _answer(child: pexpect.spawn, prompt: str, answer: str) -> None:
 def test_the_interview_re_asks_wrong_answers_and_writes_a_checked_policy(tmp_path: Path) -> None:
     child = _spawn(tmp_path)
     # (prompt, answer, what the wizard says next): every wrong answer is explained and asked again
-    steps = (("Template (number or name): ", "9", "unknown template '9'"),
+    steps = (("2. risk-analysis        openai/gpt-5 ($1.25 / $10) -> openai/gpt-5-mini ($0.25 / $2)", None, None),
+             ("Template (number or name): ", "9", "unknown template '9'"),
              ("Template (number or name): ", "2", None),
              ("Team: ", "risk team", "a team is a name of letters"),
              ("Team: ", "risk", None),
              ("('?' lists openai models) [openai/gpt-5]: ", "?", "openai/gpt-5-mini"),  # the priced listing
              ("prices in USD per million tokens", None, None),
-             ("[openai/gpt-5]: ", "", None),
+             ("[openai/gpt-5]: ", "", "openai/gpt-5: $1.25 in / $10 out per Mtok"),
              ("[openai/gpt-5-mini]: ", "anthropic/claude-haiku-4-5", "is not served by openai"),
              ("[openai/gpt-5-mini]: ", "", None),
              ("Daily cap, USD: ", "lots", "takes a USD amount"),
