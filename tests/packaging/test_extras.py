@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import venv
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,11 @@ def test_one_extra_alone_imports_and_guards_zero_code(extra: str, wheel: Path, s
     assert "BLOCKED: nothing passes" in run.stdout
     assert server.requests == []
     assert any((tmp_path / "home" / "receipts").glob("*.ndjson"))
+
+
+def test_the_wheel_ships_the_verify_page(wheel: Path) -> None:
+    """``agentguard verify-page`` writes the page from package data: the wheel must carry all of it."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {f"agentguard_otel/receipts/{name}"
+            for name in ("page.py", "verify.js", "verify_ui.js", "verify_page.html", "verify_page.css")} <= names
