@@ -49,6 +49,9 @@ UTILIZATION = "agentguard_budget_utilization"        # agentguard.budget.utiliza
 TOKENS = "gen_ai_client_token_usage"                 # gen_ai.client.token.usage, unit {token}, histogram
 DURATION = "gen_ai_client_operation_duration_seconds"  # gen_ai.client.operation.duration, unit s, histogram
 PROMETHEUS_METRICS = (COST, DECISIONS, UTILIZATION, f"{TOKENS}_bucket", f"{DURATION}_bucket")
+# Columns of the budget alerts table: the alert, its state and severity, and the cap counter it is about.
+ALERT_COLUMNS = ("alertname", "alertstate", "severity", "agentguard_rule_id", "agentguard_cap_window",
+                 "agentguard_counter")
 
 # -- CloudWatch: the namespace and the dimension sets (of those collector-config/cloudwatch.yaml declares
 #    in its awsemf metric_declarations) that the CloudWatch dashboard queries. EMF keeps OTel names as is.
@@ -147,6 +150,27 @@ def _downgrade_spent_expr() -> str:
     return f"sum({onto} * on (gen_ai_request_model) {_avg_cost_per_call()})"
 
 
+def budget_alerts_expr() -> str:
+    """The budget alerts of grafana/alerts.rules.yaml that are pending or firing, one row per cap counter
+    and alert (Prometheus keeps them as the ALERTS series while they are active)."""
+    return (f"max by ({', '.join(ALERT_COLUMNS)}) "
+            f'(ALERTS{{alertname=~"AgentGuard.*", alertstate=~"pending|firing"}})')
+
+
+def _alerts_table() -> table.Panel:
+    hidden = {"Time": True, "Value": True}
+    return (table.Panel().title("Budget alerts").datasource(PROM_DS)
+            .description("Alerts of grafana/alerts.rules.yaml pending or firing now, per cap counter: warning at "
+                         "80 % for 5m, exhausted at 100 % for 1m, burn rate (projected to run out before the "
+                         "window ends). Empty when Prometheus does not load the rules or nothing is close.")
+            .with_target(_prom(budget_alerts_expr(), instant=True, table_format=True))
+            .with_transformation(dash_model.DataTransformerConfig(
+                id_val="organize", options={"excludeByName": hidden, "indexByName": {
+                    name: index for index, name in enumerate(ALERT_COLUMNS)}}))
+            .no_value("no budget alert pending or firing")
+            .show_header(True).height(6).span(24))
+
+
 def _prometheus_variables() -> list[cogbuilder.Builder[dash_model.VariableModel]]:
     def label_variable(name: str, label: str, query: str, title: str) -> dashboard.QueryVariable:
         return (dashboard.QueryVariable(name).label(title).datasource(PROM_DS)
@@ -241,6 +265,7 @@ def spend_dashboard() -> dash_model.Dashboard:
                     .thresholds_style(common.GraphThresholdsStyleConfig()
                                       .mode(common_model.GraphTresholdsStyleMode.LINE))
                     .height(9))
+        .with_panel(_alerts_table())
         .with_row(dashboard.Row("Decisions"))
         .with_panel(_series("Decisions by action", "Guard decisions per minute: allow, downgrade, block, shadow.",
                             [_prom(f"sum by (agentguard_decision_action) (rate({DECISIONS}{{{SCOPE}}}"

@@ -5,6 +5,11 @@ allow, downgrade and block decisions, with its metrics exposed by ``opentelemetr
 on 127.0.0.1 (the exporter a user enables with ``OTEL_METRICS_EXPORTER=prometheus``). Debian's
 ``prometheus`` scrapes it every second; each dashboard expression, with Grafana's variables expanded,
 goes through ``promtool query instant`` and must return at least one real (non-NaN) sample.
+
+The same Prometheus loads grafana/alerts.rules.yaml and evaluates it every second: the workload takes
+one cap counter to 90 % (rising) and one past 100 %, and the budget alerts must go pending with exactly
+the labels of the utilization series they are about (``for:`` durations are promtool's to test, in
+test_alert_rules.py).
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor, scope
 from agentguard_otel.receipts import SigningKey
-from tests.grafana.dashboards import Query, label_values_as_promql, load_generator, queries, substitute, variables
+from tests.grafana.dashboards import (
+    GRAFANA,
+    Query,
+    label_values_as_promql,
+    load_generator,
+    queries,
+    substitute,
+    variables,
+)
 from tests.servers.openai_server import LocalOpenAIServer
 
 POLICY: dict[str, Any] = {
@@ -47,8 +60,20 @@ POLICY: dict[str, Any] = {
              {"limit_usd": "0.0012", "window": "call", "action": "block", "reason": "prompt too large"},
          ]},
         {"id": "payments", "match": {"task": "payment-approval"}, "require_capability": "payment_execute"},
+        # Two summaries (one a phase) that settle at 0.00001155 USD each: the day cap ends at 90 %, the
+        # month cap at 115.5 % (shadow caps never stop a call).
+        {"id": "summaries", "match": {"task": "summarize"}, "max_output_tokens": 16,
+         "caps": [{"limit_usd": "0.00002567", "window": "day", "action": "shadow"},
+                  {"limit_usd": "0.00002", "window": "month", "action": "shadow"}]},
     ],
 }
+# The budget alerts the workload leaves pending: (alert, counter).
+EXPECTED_ALERTS = {
+    ("AgentGuardBudgetWarning", "summaries#0"), ("AgentGuardBudgetBurnRate", "summaries#0"),
+    ("AgentGuardBudgetWarning", "summaries#1"), ("AgentGuardBudgetExhausted", "summaries#1"),
+}
+SEVERITY = {"AgentGuardBudgetWarning": "warning", "AgentGuardBudgetExhausted": "critical",
+            "AgentGuardBudgetBurnRate": "warning"}
 # Concrete values for the dashboard's template variables (the "All" choice is tested too).
 CONCRETE = {"team": "engineering", "task": "code-review", "model": "gpt-4o"}
 ALL = {"team": ".*", "task": ".*", "model": ".*"}
@@ -70,6 +95,14 @@ class Prometheus:
         with urllib.request.urlopen(f"{self.url}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=5) as r:
             result: list[dict[str, Any]] = json.load(r)["data"]["result"]
         return result
+
+    def api(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}", timeout=5) as r:
+            return json.load(r)["data"]
+
+    def budget_alerts(self) -> set[tuple[str, str]]:
+        return {(a["labels"]["alertname"], a["labels"]["agentguard_counter"]) for a in self.api("alerts")["alerts"]
+                if a["labels"]["alertname"].startswith("AgentGuard")}
 
     def promtool(self, expr: str) -> list[str]:
         run = subprocess.run(["promtool", "query", "instant", self.url, expr],
@@ -125,6 +158,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     config = home / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{GRAFANA / 'alerts.rules.yaml'}']\n"
         "scrape_configs:\n"
         "  - job_name: agentguard\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n", encoding="utf-8")
@@ -150,6 +184,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
                 _wait_for(lambda expected=expected: [float(s["value"][1]) for s in handle.query(
                     "sum(agentguard_decisions_total)")] == [expected], f"{expected} decisions scraped")
             time.sleep(2.5)  # two more scrapes: the last values are in every rate window
+            _wait_for(lambda: handle.budget_alerts() == EXPECTED_ALERTS, f"the alerts {sorted(EXPECTED_ALERTS)}")
         yield handle
     finally:
         instrumentor.uninstrument()
@@ -175,8 +210,9 @@ def test_dashboards_have_prometheus_queries() -> None:
 def test_workload_produced_every_decision(prometheus: Prometheus) -> None:
     totals = {s["metric"]["agentguard_decision_action"]: float(s["value"][1])
               for s in prometheus.query("sum by (agentguard_decision_action) (agentguard_decisions_total)")}
-    # per user: 2 allowed reviews, 2 downgraded, 1 blocked; plus a summary (allow) and a payment (block)
-    assert totals == {"allow": 6.0, "downgrade": 4.0, "block": 4.0}
+    # per user: 2 allowed reviews, 2 downgraded, 1 blocked; plus a summary (shadow: the hold of its estimate
+    # passes the month cap) and a payment (block)
+    assert totals == {"allow": 4.0, "shadow": 2.0, "downgrade": 4.0, "block": 4.0}
     blocked = prometheus.query(
         'sum by (agentguard_rule_id) (agentguard_decisions_total{agentguard_decision_action="block"})')
     assert {s["metric"]["agentguard_rule_id"]: float(s["value"][1]) for s in blocked} == {
@@ -216,3 +252,31 @@ def test_spend_and_savings_values_are_consistent(prometheus: Prometheus) -> None
     savings = prometheus.query(substitute(generator.downgrade_savings_expr(), ALL))
     # gpt-4o costs more per call than gpt-4o-mini, so downgrading saved money
     assert float(savings[0]["value"][1]) > 0
+
+
+def test_alert_rules_load_and_evaluate_cleanly(prometheus: Prometheus) -> None:
+    groups = prometheus.api("rules")["groups"]
+    assert [g["name"] for g in groups] == ["agentguard-budget"]
+    rules = groups[0]["rules"]
+    assert [r.get("name") for r in rules] == ["agentguard:budget_utilization:current_window", "AgentGuardBudgetWarning",
+                                              "AgentGuardBudgetExhausted", "AgentGuardBudgetBurnRate"]
+    assert all(r["health"] == "ok" and not r.get("lastError") for r in rules), rules
+
+
+def test_budget_alerts_go_pending_with_the_series_labels(prometheus: Prometheus) -> None:
+    series = {s["metric"]["agentguard_counter"]: s for s in prometheus.query("agentguard_budget_utilization")}
+    assert {c: round(float(s["value"][1]), 4) for c, s in series.items() if c.startswith("summaries")} == {
+        "summaries#0": 0.8999, "summaries#1": 1.155}
+    alerts = [a for a in prometheus.api("alerts")["alerts"] if a["labels"]["alertname"].startswith("AgentGuard")]
+    assert {(a["labels"]["alertname"], a["labels"]["agentguard_counter"]) for a in alerts} == EXPECTED_ALERTS
+    for alert in alerts:
+        name, counter = alert["labels"]["alertname"], alert["labels"]["agentguard_counter"]
+        own = {k: v for k, v in series[counter]["metric"].items() if k != "__name__"}
+        assert alert["labels"] == {**own, "alertname": name, "severity": SEVERITY[name]}
+        assert alert["state"] == "pending"  # every `for:` is longer than this test
+        assert float(alert["value"]) == float(series[counter]["value"][1])
+        assert f"rule summaries: {own['agentguard_cap_window']} cap" in alert["annotations"]["summary"]
+    # the dashboard's alerts table reads the same alerts from the ALERTS series
+    rows = prometheus.query(load_generator().budget_alerts_expr())
+    assert {(r["metric"]["alertname"], r["metric"]["alertstate"], r["metric"]["agentguard_counter"]) for r in rows} == {
+        (name, "pending", counter) for name, counter in EXPECTED_ALERTS}
