@@ -239,6 +239,9 @@ def write_policy(path: Path, answers: Answers, book: PriceBook, *, force: bool) 
     text = render_policy(answers)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".yaml")
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(handle, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600: services read policies
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)

@@ -33,6 +33,12 @@ def _write(tmp_path: Path, *flags: str, name: str = "policy.yaml") -> Path:
     return output
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.key)
 def test_every_template_writes_a_policy_that_policy_check_accepts(template: object, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,6 +89,13 @@ def test_flags_choose_another_model_a_downgrade_and_caps_per_user(tmp_path: Path
     assert rule.models is not None and rule.models.allow == ["openai/gpt-4o", "openai/gpt-4o-mini"]
     assert (rule.per_fields, rule.caps[0].action, rule.caps[0].downgrade_to) == (("user",), "downgrade",
                                                                                  "gpt-4o-mini")
+    bedrock = _write(tmp_path, "--template", "code-review", "--team", "eng", "--daily-usd", "5", "--model",
+                     "aws/global.anthropic.claude-haiku-4-5-20251001-v1:0", name="bedrock.yaml")
+    models = load_policy(bedrock).rules[0].models
+    assert models is not None and models.allow == ["aws.bedrock/global.anthropic.claude-haiku-4-5-20251001-v1:0"]
+    assert load_policy(bedrock).rules[0].model_allowed_by_name("aws.bedrock",
+                                                               "global.anthropic.claude-haiku-4-5-20251001-v1:0")
+    assert bedrock.stat().st_mode & 0o777 == 0o666 & ~_umask()
     none = _write(tmp_path, "--template", "risk-analysis", "--team", "eng", "--daily-usd", "5",
                   "--downgrade-to", "none", name="blocking.yaml")
     assert [cap.action for cap in load_policy(none).rules[0].caps] == ["block", "block"]
