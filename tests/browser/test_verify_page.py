@@ -251,3 +251,40 @@ def test_any_flipped_byte_gets_the_cli_reason(data: st.DataObject, flip_source: 
         error["seq"] = None if error["seq"] is None else str(error["seq"])
     for name in ("ok", "receipts", "first_error"):
         assert got[name] == expected[name], (index, position, mask)
+
+
+class _FloatText(str):
+    """A float as its literal: the page keeps a float's text (it only ever reports its type)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _python_reading(raw: bytes) -> str:
+    """How verify's stdlib path reads a line: the repr of its value, or the error message."""
+    try:
+        return "value: " + repr(json.loads(raw, parse_float=_FloatText, parse_constant=_FloatText))
+    except ValueError as exc:
+        return f"error: {exc}"
+
+
+json_noise = st.lists(st.sampled_from([
+    "{", "}", "[", "]", ",", ":", '"', "\\", "\\u", "d83d", "de00", "00e9", "0", "1", "-", ".", "e", "E", "+", "nul",
+    "null", "true", "false", "NaN", "Infinity", "-Infinity", " ", "\t", "\r", "\n", "a", "é", "😀", "\x01", "\u2028",
+    "\ufeff", '"k"', '"v":', '"x\'y"', "12345678901234567890123", "1.5e3", "\\n", "\\/", "\\x", '\\"',
+]), max_size=24).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=st.one_of(json_noise.map(lambda text: text.encode("utf-8", "surrogatepass")),
+                      st.builds(lambda text, tail: text.encode() + tail, json_noise, st.binary(max_size=6)),
+                      st.binary(max_size=12)))
+def test_a_line_reads_as_json_loads_reads_it(line: bytes, page: Page, page_file: Path) -> None:
+    if page.url != page_file.as_uri():
+        page.goto(page_file.as_uri())
+    got = page.evaluate("""(raw) => { const V = AgentGuardVerify;
+        try { return 'value: ' + V.pyRepr(V.parseLine(V.base64Decode(raw)).value); }
+        catch (e) { if (e instanceof TypeError || e instanceof RangeError) throw e;
+                    return 'error: ' + e.message; } }""",
+                        base64.b64encode(line + b"\n").decode())
+    assert got == _python_reading(line + b"\n")

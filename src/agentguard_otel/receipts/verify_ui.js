@@ -64,8 +64,8 @@
       $("summary").hidden = false;
       setVerdict(report.ok ? "ok" : "bad", report.verdict);
     } catch (exc) {
-      if (!(exc instanceof V.ConfigError)) throw exc;
-      setVerdict("error", `agentguard: error: ${exc.message}`);
+      // A keys file or expected head the CLI refuses too, or a file the browser could not read.
+      setVerdict("error", exc instanceof V.ConfigError ? `agentguard: error: ${exc.message}` : `error: ${exc.message || exc}`);
     }
   }
 
