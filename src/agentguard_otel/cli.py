@@ -1,11 +1,11 @@
-"""The agentguard command: keygen, verify, policy check, pricing sync, models, wizard, spend, demo."""
+"""The agentguard command: keygen, verify, policy check, pricing sync, models, wizard, spend, demo, serve."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,9 @@ from agentguard_otel.ledger.report import printable
 from agentguard_otel.version import __version__
 
 if TYPE_CHECKING:
+    from agentguard_otel.console.records import Entry
     from agentguard_otel.pricing import PriceBook
+    from agentguard_otel.receipts import VerifyReport
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -50,6 +52,7 @@ class _Progress:
 
 def _verify(args: argparse.Namespace) -> int:
     from agentguard_otel.receipts import load_public_keys, verify
+    from agentguard_otel.receipts.verify import segment_files
 
     keys = load_public_keys([Path(p) for p in args.public_key])
     expect: dict[str, str] = {}
@@ -58,27 +61,74 @@ def _verify(args: argparse.Namespace) -> int:
         if not sep or not chain or not head:
             raise AgentGuardError(f"--expect-head takes CHAIN=HASH, got {item!r}")
         expect[chain] = head
+    paths: list[Path] = [Path(p) for p in args.paths]
+    trace = None
+    if args.trace is not None:
+        from agentguard_otel.console.records import chains, latest_trace, of_trace
+
+        files = segment_files(paths)
+        trace = _trace_id(args.trace, files, latest_trace)
+        if trace is None:
+            print("no receipt in these files carries a trace id (was the guard tracing?)", file=sys.stderr)
+            return 1
+        found = of_trace(files, trace)
+        if not found:
+            print(f"trace {trace}: no receipts of it in {', '.join(args.paths)}", file=sys.stderr)
+            return 1
+        involved = {entry.file for entry in found}
+        paths = [path for group in chains(files) if any(str(p) in involved for p in group) for path in group]
     progress = _Progress(args.progress or sys.stderr.isatty())
     try:
-        report = verify([Path(p) for p in args.paths], keys, expect_heads=expect or None, progress=progress,
-                        jobs=args.jobs)
+        report = verify(paths, keys, expect_heads=expect or None, progress=progress, jobs=args.jobs)
     finally:
         progress.close()
+    if trace is not None:
+        return _print_trace(trace, found, report, args.json)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        # A receipt file is untrusted input: whatever it says is printed escaped (printable()).
-        print(f"receipts checked: {report.receipts} in {len(report.chains)} chain(s)")
-        for chain, head in sorted(report.chains.items()):
-            print(printable(f"  {chain}: {head['receipts']} receipts, head seq {head['seq']} {head['hash']}"))
-        for file, line in report.torn:
-            print(printable(f"TORN LINE: {file}:{line} (an append was interrupted)"))
-        if report.first_error is not None:
-            err = report.first_error
-            print(printable(f"FAILED: {err['file']}:{err['line']} chain {err['chain']} seq {err['seq']}: "
-                            f"{err['reason']}"))
-        else:
-            print("OK: every receipt verifies against the trusted keys")
+        _print_report(report)
+    return 0 if report.ok else 1
+
+
+def _print_report(report: VerifyReport) -> None:
+    # A receipt file is untrusted input: whatever it says is printed escaped (printable()).
+    print(f"receipts checked: {report.receipts} in {len(report.chains)} chain(s)")
+    for chain, head in sorted(report.chains.items()):
+        print(printable(f"  {chain}: {head['receipts']} receipts, head seq {head['seq']} {head['hash']}"))
+    for file, line in report.torn:
+        print(printable(f"TORN LINE: {file}:{line} (an append was interrupted)"))
+    if report.first_error is not None:
+        err = report.first_error
+        print(printable(f"FAILED: {err['file']}:{err['line']} chain {err['chain']} seq {err['seq']}: "
+                        f"{err['reason']}"))
+    else:
+        print("OK: every receipt verifies against the trusted keys")
+
+
+def _trace_id(text: str, files: list[Path], latest: Callable[[list[Path]], str | None]) -> str | None:
+    from agentguard_otel.console.records import TRACE_ID
+
+    wanted = text.strip().lower()
+    if wanted == "latest":
+        return latest(files)
+    if not TRACE_ID.fullmatch(wanted):
+        raise AgentGuardError(f"--trace takes a trace id (32 hex digits, as W3C trace context writes it) "
+                              f"or latest, got {text!r}")
+    return wanted
+
+
+def _print_trace(trace: str, found: list[Entry], report: VerifyReport, as_json: bool) -> int:
+    """A trace's decisions and settlements after the verdict on the chains that hold them."""
+    from agentguard_otel.console.records import trace_table, view
+
+    if as_json:
+        print(json.dumps({"trace_id": trace, "verification": report.as_dict(),
+                          "receipts": [view(entry) for entry in found]}, indent=2))
+        return 0 if report.ok else 1
+    print(f"trace {trace}: {len(found)} receipt(s); the chain(s) holding them verified whole:")
+    _print_report(report)
+    print(trace_table(found))
     return 0 if report.ok else 1
 
 
@@ -90,6 +140,14 @@ def _price_book(pricing: str | None = None, catalog_dir: str | None = None) -> P
     settings = config.resolve({"pricing": pricing})
     return PriceBook(overrides=settings.pricing,
                      catalog_dir=Path(catalog_dir) if catalog_dir else settings.catalog_dir)
+
+
+def _verify_page(args: argparse.Namespace) -> int:
+    from agentguard_otel.receipts.page import write_verify_page
+
+    path = write_verify_page(args.output)
+    print(f"wrote {path}: open it in any browser (it works from disk and fetches nothing) to verify receipts")
+    return 0
 
 
 def _policy_check(args: argparse.Namespace) -> int:
@@ -207,6 +265,37 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(calls=args.calls)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from agentguard_otel.console.server import Console, ConsoleServer
+    from agentguard_otel.policy import load_policy
+    from agentguard_otel.receipts import load_public_keys
+
+    settings = config.resolve({})
+    key_paths = [Path(p) for p in args.public_key] or [Path(f"{settings.signing_key}.pub")]
+    if not args.public_key and not key_paths[0].is_file():
+        raise AgentGuardError(f"serve needs --public-key: the trusted keys receipts are verified with "
+                              f"(the default key's {key_paths[0]} does not exist)")
+    receipts = [Path(p) for p in args.receipts] or [settings.receipts]
+    for path in receipts if args.receipts else []:
+        if not path.exists():
+            raise AgentGuardError(f"{path}: no such receipts file or directory")
+    console = Console(ledger=args.ledger or settings.ledger, receipts=receipts,
+                      keys=load_public_keys(key_paths),
+                      key_pems=[(path.name, path.read_text(encoding="utf-8")) for path in key_paths],
+                      policy=load_policy(Path(args.policy)) if args.policy else None)
+    server = ConsoleServer(console, args.host, args.port, args.auth_token)
+    print(f"agentguard console: {server.url} (read-only; ledger {console.ledger}; receipts "
+          f"{', '.join(str(p) for p in receipts)}){' — requests need the auth token' if args.auth_token else ''}",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _price_sources(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pricing", metavar="FILE", help="price overrides (default: AGENTGUARD_PRICING)")
     parser.add_argument("--catalog-dir", help="where `pricing sync` imported the OpenRouter catalog "
@@ -232,8 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="check the chains of different files on N processes (same report as 1; default 1)")
+    p.add_argument("--trace", metavar="ID|latest",
+                   help="only the chains holding this trace's receipts (latest: the newest receipt's trace); "
+                        "prints the trace's decisions and settlements")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("verify-page", help="write the self-contained verify page: receipts checked in a browser")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="the HTML file to write")
+    p.set_defaults(func=_verify_page)
 
     p = sub.add_parser("policy", help="policy tools")
     policy_sub = p.add_subparsers(dest="policy_command", required=True)
@@ -296,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a short guarded agent loop against a built-in local endpoint")
     p.add_argument("--calls", type=int, default=12, help="agent loop iterations")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("serve", help="a local read-only console: spend, decisions, receipts verified in place")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --auth-token)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one, printed)")
+    p.add_argument("--ledger", help="ledger URL (default: AGENTGUARD_LEDGER or the embedded SQLite ledger)")
+    p.add_argument("--receipts", action="append", default=[], metavar="DIR",
+                   help="receipt directory or file; repeatable (default: AGENTGUARD_RECEIPTS or the embedded one)")
+    p.add_argument("--public-key", action="append", default=[],
+                   help="trusted public key (PEM) or keys file; repeatable (default: the embedded key's .pub)")
+    p.add_argument("--policy", help="the policy file, to show each cap's action and reason")
+    p.add_argument("--auth-token", help="require Authorization: Bearer TOKEN (or ?token= on pages) on every request")
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from opentelemetry.sdk.trace import TracerProvider
 
 from agentguard_otel import config
 from agentguard_otel.demo.routing import OPENROUTER_BASE_URL
@@ -78,12 +79,16 @@ def run_demo(calls: int = 12) -> int:
         (run_dir / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
         instrumentor = AgentGuardInstrumentor()
         ledger_url = f"sqlite:///{(run_dir / 'ledger.db').resolve()}"
+        # An SDK tracer provider of the demo's own (no exporter): each call gets a real span in the
+        # run's trace, so its receipts carry their trace_id and span_id (``verify --trace`` follows them).
+        tracing = TracerProvider()
         instrumentor.instrument(policy=policy, signing_key=str(key_path), ledger=ledger_url,
-                                receipts=str(run_dir / "receipts"))
+                                receipts=str(run_dir / "receipts"), tracer_provider=tracing)
         try:
             print(f"endpoint: {base_url}\npolicy:   {run_dir / 'policy.yaml'}\n")
             client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
-            labels = _agent_loop(client, big, calls)
+            with tracing.get_tracer("agentguard.demo").start_as_current_span("demo agent run"):
+                labels = _agent_loop(client, big, calls)
             guard = instrumentor.guard
             assert guard is not None
             states = guard.ledger.states()
@@ -164,6 +169,8 @@ def _verify(run_dir: Path, key_path: Path, rows: list[Row]) -> int:
         return 1
     print(f"verified against {key_path}.pub: every receipt's hash, signature and chain link check out")
     print(f"check them yourself: agentguard verify {run_dir / 'receipts'} --public-key {key_path}.pub")
+    print(f"follow the last call's trace: agentguard verify {run_dir / 'receipts'} --public-key {key_path}.pub "
+          "--trace latest")
     missing = {"allow", "downgrade", "block"} - actions
     if missing:
         print(f"demo did not show: {', '.join(sorted(missing))}")
