@@ -20,8 +20,8 @@ import yaml
 
 from agentguard_otel.policy.model import Window
 from tests.grafana.dashboards import GRAFANA
+from tests.grafana.rules import RULES, projections, rules
 
-RULES = GRAFANA / "alerts.rules.yaml"
 UNIT_TESTS = (GRAFANA / "alerts.test.yaml", GRAFANA / "alerts-long-windows.test.yaml")
 ALERTS = {"AgentGuardBudgetWarning", "AgentGuardBudgetExhausted", "AgentGuardBudgetBurnRate"}
 # Windows with a ledger counter, hence a utilization series (a per-call cap has neither).
@@ -37,11 +37,6 @@ def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
-def _rules() -> list[dict[str, Any]]:
-    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
-    return [rule for group in groups for rule in group["rules"]]
-
-
 def test_promtool_accepts_the_rules() -> None:
     run = _promtool("check", "rules", str(RULES), cwd=GRAFANA)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -55,8 +50,8 @@ def test_promtool_unit_tests_pass() -> None:
 
 
 def test_alerts_add_only_severity_and_aggregate_nothing() -> None:
-    rules = _rules()
-    alerts = {rule["alert"]: rule for rule in rules if "alert" in rule}
+    every = rules()
+    alerts = {rule["alert"]: rule for rule in every if "alert" in rule}
     assert set(alerts) == ALERTS
     assert {name: rule["labels"] for name, rule in alerts.items()} == {
         "AgentGuardBudgetWarning": {"severity": "warning"},
@@ -65,7 +60,7 @@ def test_alerts_add_only_severity_and_aggregate_nothing() -> None:
     }
     assert {name: rule["for"] for name, rule in alerts.items()} == {
         "AgentGuardBudgetWarning": "5m", "AgentGuardBudgetExhausted": "1m", "AgentGuardBudgetBurnRate": "2m"}
-    for rule in rules:
+    for rule in every:
         assert not AGGREGATION.search(rule["expr"]), f"{rule.get('alert') or rule.get('record')} aggregates"
         assert "labels" not in rule or "alert" in rule, "a recording rule must not relabel the series"
     for name, rule in alerts.items():
@@ -93,3 +88,12 @@ def test_unit_tests_cover_every_alert_and_window_kind() -> None:
     rules_text = RULES.read_text(encoding="utf-8")
     for window in COUNTER_WINDOWS:
         assert f'agentguard_cap_window="{window}"' in rules_text
+
+
+def test_burn_rate_projects_a_fast_and_a_slow_range_to_one_horizon_per_window() -> None:
+    found = projections()
+    assert set(found) == COUNTER_WINDOWS - {"minute"}
+    seconds = {"m": 60, "h": 3600, "d": 86400}
+    for window, ((fast, fast_left), (slow, slow_left)) in found.items():
+        assert fast_left == slow_left, window
+        assert int(fast[:-1]) * seconds[fast[-1]] < int(slow[:-1]) * seconds[slow[-1]], window

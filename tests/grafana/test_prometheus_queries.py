@@ -27,6 +27,8 @@ from typing import Any
 
 import openai
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
@@ -35,6 +37,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
 from agentguard_otel import AgentGuardBlocked, AgentGuardInstrumentor, scope
+from agentguard_otel.ledger.base import window_slot
 from agentguard_otel.receipts import SigningKey
 from tests.grafana.dashboards import (
     GRAFANA,
@@ -45,6 +48,7 @@ from tests.grafana.dashboards import (
     substitute,
     variables,
 )
+from tests.grafana.rules import projections
 from tests.servers.openai_server import LocalOpenAIServer
 
 POLICY: dict[str, Any] = {
@@ -90,9 +94,11 @@ class Prometheus:
     url: str
     decisions: list[str]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """The HTTP API, for waiting only; assertions go through promtool."""
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=5) as r:
+    def query(self, expr: str, at: int | None = None) -> list[dict[str, Any]]:
+        """The HTTP API (the dashboard's queries go through promtool), at ``at`` or now."""
+        when = "" if at is None else f"&time={at}"
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?query={urllib.parse.quote(expr)}{when}",
+                                    timeout=5) as r:
             result: list[dict[str, Any]] = json.load(r)["data"]["result"]
         return result
 
@@ -280,3 +286,25 @@ def test_budget_alerts_go_pending_with_the_series_labels(prometheus: Prometheus)
     rows = prometheus.query(load_generator().budget_alerts_expr())
     assert {(r["metric"]["alertname"], r["metric"]["alertstate"], r["metric"]["agentguard_counter"]) for r in rows} == {
         (name, "pending", counter) for name, counter in EXPECTED_ALERTS}
+
+
+# Instants from 2000 to 2099 (UTC), many of them on or next to a midnight, where windows turn over.
+DAY = 86_400
+INSTANTS = st.one_of(st.integers(10_957 * DAY, 47_481 * DAY),
+                     st.builds(lambda day, offset: day * DAY + offset, st.integers(10_957, 47_481),
+                               st.sampled_from([-1, 0, 1, 3_599, 3_600])))
+
+
+@settings(max_examples=60, deadline=None)
+@example(1_709_164_800)  # 2024-02-29 00:00, a leap day
+@example(1_704_067_199)  # 2023-12-31 23:59:59, a Sunday: the last second of a week, a month and a year
+@given(now=INSTANTS)
+def test_burn_rate_horizon_ends_where_the_guards_next_window_starts(prometheus: Prometheus, now: int) -> None:
+    """The seconds-left expression of each window kind, evaluated by Prometheus at ``now``, reaches
+    exactly the start of the ledger's next window (a UTC policy)."""
+    for window, ((_, left_expr), _) in projections().items():
+        left = float(prometheus.query(f"vector({left_expr})", at=now)[0]["value"][1])
+        assert left == int(left) > 0, (window, left)
+        end = now + int(left)
+        assert window_slot(window, "UTC", False, end).start == end, (window, now, left)
+        assert window_slot(window, "UTC", False, end - 1).start == window_slot(window, "UTC", False, now).start
