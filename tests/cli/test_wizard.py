@@ -6,20 +6,26 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
+from decimal import Decimal
+from functools import cache
 from pathlib import Path
 
 import anthropic
 import openai
 import pexpect
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from agentguard_otel import AgentGuardBlocked, scope
 from agentguard_otel.cli import main
 from agentguard_otel.ledger import CounterSpec, open_ledger
 from agentguard_otel.policy import load_policy
+from agentguard_otel.policy.model import RULE_ID_PATTERN
 from agentguard_otel.pricing import PriceBook
-from agentguard_otel.wizard import TEMPLATES
+from agentguard_otel.wizard import TEMPLATES, Catalog, Template, answers_from_flags, write_policy
 from tests.conftest import GuardFactory
 from tests.servers.anthropic_server import LocalAnthropicServer
 from tests.servers.openai_server import LocalOpenAIServer
@@ -40,11 +46,8 @@ def _umask() -> int:
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.key)
-def test_every_template_writes_a_policy_that_policy_check_accepts(template: object, tmp_path: Path,
+def test_every_template_writes_a_policy_that_policy_check_accepts(template: Template, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from agentguard_otel.wizard import Template
-
-    assert isinstance(template, Template)
     output = _write(tmp_path, "--template", template.key, "--team", "eng", "--daily-usd", "50")
     written = capsys.readouterr().out
     assert main(["policy", "check", str(output)]) == 0
@@ -306,3 +309,34 @@ def test_ctrl_d_or_ctrl_c_leaves_without_writing(at: str, key: str, status: int,
     child.close()
     assert child.exitstatus == status
     assert list(tmp_path.iterdir()) == []
+
+
+@cache
+def _catalog() -> Catalog:
+    return Catalog(PriceBook())
+
+
+_AMOUNTS = st.decimals(min_value=Decimal("0.000000001"), max_value=Decimal(100_000), places=9)
+
+
+@settings(max_examples=60, deadline=None)
+@example("Off", TEMPLATES[0], Decimal(50), Decimal("2.5"), False)
+@example("null", TEMPLATES[1], Decimal("0.000000001"), Decimal("0.000000001"), True)
+@example("12:30", TEMPLATES[2], Decimal("1E+2"), Decimal("1E-9"), False)
+@given(st.from_regex(RULE_ID_PATTERN, fullmatch=True), st.sampled_from(TEMPLATES), _AMOUNTS, _AMOUNTS,
+       st.booleans())
+def test_any_team_and_amounts_load_back_as_written(team: str, template: Template, first: Decimal,
+                                                   second: Decimal, per_user: bool) -> None:
+    """Team names YAML would read as numbers, booleans or null ("1e5", "no", "null") and amounts at
+    the nano-dollar come back from the written file exactly."""
+    daily, minute = max(first, second), min(first, second)
+    answers = answers_from_flags(_catalog(), template_key=template.key, team=team, daily_usd=str(daily),
+                                 minute_usd=str(minute), model=None, downgrade_to=None, per_user=per_user)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "policy.yaml"
+        written = write_policy(path, answers, _catalog().book, force=False)
+        assert load_policy(path) == written
+    (rule,) = written.rules
+    assert (rule.match, rule.per_fields) == ({"team": team}, ("user",) if per_user else ())
+    assert [cap.limit_usd for cap in rule.caps] == [daily, minute]
+    assert [cap.limit_nano for cap in rule.caps] == [int(daily * 10**9), int(minute * 10**9)]
