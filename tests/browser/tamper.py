@@ -256,6 +256,16 @@ def float_and_nan(lab: Lab) -> Case:
                         (2, b'"estimated_nano":1234569', b'"estimated_nano":NaN'))
 
 
+def too_deep_to_read(lab: Lab) -> Case:
+    """Past orjson's 1024 levels: json.loads reads the line, and recurses too deep."""
+    return lab.edited(lambda lines: [lines[0], b"[" * 1100 + b"]" * 1100 + b"\n", *lines[1:]])
+
+
+def too_deep_to_serialize(lab: Lab) -> Case:
+    """orjson reads 1000 levels, serializes no more than 255: verify re-reads the line with json.loads."""
+    return lab.replaced((1, b'"policy":', b'"deep":' + b"[" * 1000 + b"]" * 1000 + b',"policy":'))
+
+
 def not_an_object(lab: Lab) -> Case:
     return lab.edited(lambda lines: [lines[0], b'[1, "chain", {"seq": 1}]\n', *lines[1:]])
 
@@ -374,10 +384,11 @@ CASES: dict[str, Callable[[Lab], Case]] = {
         truncated, earlier_head, absent_chain, untrusted, re_signed, re_signed_under_trusted_id, torn,
         malformed_line, bad_json_variants, empty_line, re_encoded, crlf, duplicate_key, non_utf8,
         truncated_utf8_sequence, encoded_surrogate, escaped_lone_surrogate, byte_order_mark, utf16_line,
-        huge_integer, integer_past_2_53, huge_seq, float_and_nan, not_an_object, escaped_chain, missing_hash,
-        uppercase_hash, non_canonical_signature, untrusted_odd_key_id, unsupported_version, version_true,
-        ts_not_a_string, key_id_not_of_chain, bad_first_prev, broken_link, checkpoint_wrong_count,
-        checkpoint_count_true, checkpoint_wrong_head, checkpoint_head_missing, one_bad_chain_of_two,
+        huge_integer, integer_past_2_53, huge_seq, float_and_nan, too_deep_to_read, too_deep_to_serialize,
+        not_an_object, escaped_chain, missing_hash, uppercase_hash, non_canonical_signature,
+        untrusted_odd_key_id, unsupported_version, version_true, ts_not_a_string, key_id_not_of_chain,
+        bad_first_prev, broken_link, checkpoint_wrong_count, checkpoint_count_true, checkpoint_wrong_head,
+        checkpoint_head_missing, one_bad_chain_of_two,
     )
 }
 

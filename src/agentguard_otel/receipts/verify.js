@@ -16,6 +16,10 @@
   const SEGMENT = /^(.+)\.(\d+)\.ndjson$/;
   const MAX_KEY_FILE = 1 << 20;
   const YIELD_MS = 30;
+  // json.loads raises RecursionError opening the 990th nested container when `agentguard verify` runs
+  // it (Python's limit of 1000 frames, less the CLI's own); orjson, tried first, reads up to 1024.
+  const STDLIB_DEPTH = 990;
+  const ORJSON_DEPTH = 1024;
   const encoder = new TextEncoder();
   const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
@@ -179,12 +183,20 @@
     return value;
   }
 
-  /** Parse one line's text. Returns {value, strict}: strict is false when orjson would refuse the
-   * line (NaN/Infinity, a lone surrogate), and the stdlib's reading is the one verify uses. */
+  /** Parse one line's text. Returns {value, strict, deep}: strict is false when orjson would refuse
+   * the line (NaN/Infinity, a lone surrogate), and the stdlib's reading is the one verify uses; deep is
+   * the stdlib's RecursionError text when the value nests that deep (orjson may still read it). */
   function pyLoads(text) {
     const n = text.length;
     let strict = true;
-    const fail = (msg, pos) => { throw jsonError(msg, text, pos); };
+    let deep = null;
+    const fail = (msg, pos) => { throw deep ?? jsonError(msg, text, pos); };
+    const enter = (depth, kind) => {
+      if (depth === STDLIB_DEPTH && deep === null) {
+        deep = new PyError(`maximum recursion depth exceeded while decoding a JSON ${kind} from a unicode string`);
+      }
+      if (depth > ORJSON_DEPTH) throw deep;
+    };
     const ws = (i) => {
       for (; i < n; i++) {
         const c = text.charCodeAt(i);
@@ -267,7 +279,6 @@
 
     function scan(idx, depth) {
       if (idx >= n) fail("Expecting value", idx);
-      if (depth > 5000) throw new PyError("maximum recursion depth exceeded while decoding a JSON value from a unicode string");
       switch (text.charCodeAt(idx)) {
         case 34: return scanString(idx + 1);
         case 123: return parseObject(idx + 1, depth + 1);
@@ -284,6 +295,7 @@
     }
 
     function parseObject(start, depth) {
+      enter(depth, "object");
       const obj = new Map();
       let idx = ws(start);
       if (idx >= n || text.charCodeAt(idx) !== 125) {
@@ -306,6 +318,7 @@
     }
 
     function parseArray(start, depth) {
+      enter(depth, "array");
       const arr = [];
       let idx = ws(start);
       if (idx >= n || text.charCodeAt(idx) !== 93) {
@@ -325,7 +338,7 @@
     const [value, end] = scan(ws(0), 0);
     const rest = ws(end);
     if (rest !== n) fail("Extra data", rest);
-    return { value, strict };
+    return { value, strict, deep: deep && deep.message };
   }
 
   /** A line's bytes as verify reads them (orjson, else the stdlib): {value, strict}, strict false
@@ -335,6 +348,7 @@
     const text = decodeLine(bytes, encoding);
     const parsed = pyLoads(text);
     if (encoding !== "utf-8" || (/[\ud800-\udfff]/.test(text) && hasLoneSurrogate(text))) parsed.strict = false;
+    if (parsed.deep !== null && !parsed.strict) throw new PyError(parsed.deep);
     return parsed;
   }
 
@@ -633,11 +647,13 @@
 
   /** What is wrong with one receipt on its own (hash, key, signature, bytes, fields), or null. The
    * receipt is a Map with its seal already removed. */
-  async function receiptProblem(receipt, claimed, sig, chain, keys, raw) {
+  async function receiptProblem(receipt, claimed, sig, chain, keys, raw, deep) {
     const keyId = receipt.get("key_id");
     if (typeof claimed !== "string" || typeof sig !== "string" || typeof keyId !== "string") {
       return "malformed receipt: hash, sig and key_id must be strings";
     }
+    // Nested past orjson's serializer, the value is re-read from the line by json.loads, which recurses too deep.
+    if (deep) return `malformed receipt: ${deep}`;
     let unsigned;
     try {
       unsigned = canonicalJson(receipt);
@@ -713,7 +729,7 @@
       this.fail(file, line, null, null, "torn last line");
     }
 
-    async check(receipt, strict, file, line, raw) {
+    async check(receipt, strict, file, line, raw, deep = null) {
       const isObject = receipt instanceof Map;
       const chain = isObject ? receipt.get("chain") : null;
       const seq = isObject ? seqOf(receipt, strict) : null;
@@ -733,7 +749,8 @@
       const sig = receipt.has("sig") ? receipt.get("sig") : null;
       receipt.delete("hash");
       receipt.delete("sig");
-      const reason = (await receiptProblem(receipt, claimed, sig, chain, this.keys, raw)) ?? linkProblem(receipt, seq, state);
+      const reason = (await receiptProblem(receipt, claimed, sig, chain, this.keys, raw, deep)) ??
+        linkProblem(receipt, seq, state);
       if (reason !== null) this.fail(file, line, chain, seq, reason);
       state.seq = seq;
       state.hash = typeof claimed === "string" ? claimed : "";
@@ -872,7 +889,7 @@
           checker.fail(file.name, lineNo, null, null, `malformed line: ${exc.message}`);
           continue;
         }
-        await checker.check(parsed.value, parsed.strict, file.name, lineNo, raw);
+        await checker.check(parsed.value, parsed.strict, file.name, lineNo, raw, parsed.deep);
       }
     }
     progress(total, total);
@@ -902,7 +919,7 @@
     const sig = receipt.has("sig") ? receipt.get("sig") : null;
     receipt.delete("hash");
     receipt.delete("sig");
-    const reason = await receiptProblem(receipt, claimed, sig, chain, keys, raw);
+    const reason = await receiptProblem(receipt, claimed, sig, chain, keys, raw, parsed.deep);
     return { ok: reason === null, reason: reason ?? "hash and signature verify against a trusted key", receipt: fields };
   }
 
