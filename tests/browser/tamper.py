@@ -308,6 +308,10 @@ def version_true(lab: Lab) -> Case:
     return lab.forged("vtrue.00000.ndjson", [_receipt(lab, 0, ZERO_HASH, v=True, kind=None)])
 
 
+def unhashable_kind(lab: Lab) -> Case:
+    return lab.forged("kind.00000.ndjson", [_receipt(lab, 0, ZERO_HASH, kind=["decision", {"x": 1}])])
+
+
 def ts_not_a_string(lab: Lab) -> Case:
     return lab.forged("ts.00000.ndjson", [_receipt(lab, 0, ZERO_HASH, ts=1767225600)])
 
@@ -386,7 +390,7 @@ CASES: dict[str, Callable[[Lab], Case]] = {
         truncated_utf8_sequence, encoded_surrogate, escaped_lone_surrogate, byte_order_mark, utf16_line,
         huge_integer, integer_past_2_53, huge_seq, float_and_nan, too_deep_to_read, too_deep_to_serialize,
         not_an_object, escaped_chain, missing_hash, uppercase_hash, non_canonical_signature,
-        untrusted_odd_key_id, unsupported_version, version_true, ts_not_a_string, key_id_not_of_chain,
+        untrusted_odd_key_id, unsupported_version, version_true, unhashable_kind, ts_not_a_string, key_id_not_of_chain,
         bad_first_prev, broken_link, checkpoint_wrong_count, checkpoint_count_true, checkpoint_wrong_head,
         checkpoint_head_missing, one_bad_chain_of_two,
     )

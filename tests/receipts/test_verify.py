@@ -216,6 +216,17 @@ def test_a_re_encoded_line_is_an_edited_line(make_writer: WriterFactory, trusted
         1, 0, "edited line: its bytes are not the serialization of the signed receipt")
 
 
+@pytest.mark.parametrize("kind", [["decision"], {"decision": 1}])
+def test_a_signed_receipt_whose_kind_is_not_a_string_is_malformed(kind: Any, tmp_path: Path, key: SigningKey,
+                                                                    trusted: Keys) -> None:
+    """Not a crash: an unhashable kind is reported like any other unsupported kind."""
+    receipt = {"v": 1, "kind": kind, "chain": f"{key.key_id}:0", "seq": 0, "prev": ZERO_HASH, "ts": "t",
+               "key_id": key.key_id}
+    path = tmp_path / "kind.00000.ndjson"
+    path.write_bytes(seal(receipt, key)[1])
+    assert error(verify([path], trusted)) == (1, 0, f"malformed receipt: unsupported version 1 or kind {kind!r}")
+
+
 def test_progress_is_reported_in_steps_up_to_the_total(make_writer: WriterFactory, receipts_dir: Path,
                                                        trusted: Keys) -> None:
     write_log(make_writer, count=3000)

@@ -299,7 +299,8 @@ class _Checker:
             return "bad signature"
         if raw is not None and line_of(unsigned, claimed, sig) != raw:
             return "edited line: its bytes are not the serialization of the signed receipt"
-        if receipt.get("v") != VERSION or receipt.get("kind") not in KINDS:
+        kind = receipt.get("kind")
+        if receipt.get("v") != VERSION or not isinstance(kind, str) or kind not in KINDS:  # a list is unhashable
             return (f"malformed receipt: unsupported version {receipt.get('v')!r} "
                     f"or kind {receipt.get('kind')!r}")
         if not isinstance(receipt.get("ts"), str):
