@@ -171,13 +171,19 @@ def test_the_page_fetches_nothing_and_allows_only_its_own_inline_code(page: Page
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
     assert csp is not None and "default-src 'none'" in csp.group(1) and "unsafe" not in csp.group(1)
     requests: list[str] = []
+    console: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda message: console.append(message.text))
     page.goto(page_file.as_uri())
     page.wait_for_function("typeof globalThis.AgentGuardVerify === 'object'")
     assert requests == [page_file.as_uri()]
+    # The inline style is allowed by its hash too: it applies.
+    assert page.evaluate("getComputedStyle(document.querySelector('main')).maxWidth") == "832px"
     blocked = page.evaluate("""async () => { try { await fetch('http://127.0.0.1:9/'); return 'fetched'; }
                                              catch (e) { return 'blocked'; } }""")
     assert blocked == "blocked"
+    violations = [text for text in console if "Content Security Policy" in text]
+    assert violations and all("127.0.0.1:9" in text for text in violations)  # only the fetch, not the page
 
 
 # Receipt-shaped values as JSON text, plus integers of any size (parsed exactly, refused past 2**53 - 1).
