@@ -48,11 +48,11 @@ class Filled:
     guarded: Any
 
 
-def fill(guarded: Any, server: Any, tracer: Any | None = None) -> Filled:
+def fill(guarded: Any, server: Any, tracer: Any | None = None, ledger: str | None = None) -> Filled:
     """Calls in three tenants' scopes: acme's allowed, then downgraded past its team's cap; globex's
     in three teams, the third blocked past the tenant's cap; one from a tenant whose name is markup.
-    ``tracer``: the calls run in one span of it."""
-    handle = guarded(POLICY)
+    ``tracer``: the calls run in one span of it; ``ledger``: a URL (default: SQLite in the test's directory)."""
+    handle = guarded(POLICY, ledger=ledger)
     client = openai.OpenAI(base_url=server.base_url, api_key="sk-test-secret", max_retries=0)
 
     def call(prompt: str) -> None:
@@ -74,8 +74,8 @@ def fill(guarded: Any, server: Any, tracer: Any | None = None) -> Filled:
     else:
         with tracer.start_as_current_span("agent run"):
             run()
-    return Filled(f"sqlite:///{handle.home / 'ledger.db'}", handle.home / "ledger.db", handle.home / "receipts",
-                  Path(f"{handle.key_path}.pub"), handle)
+    return Filled(ledger or f"sqlite:///{handle.home / 'ledger.db'}", handle.home / "ledger.db",
+                  handle.home / "receipts", Path(f"{handle.key_path}.pub"), handle)
 
 
 def console_for(filled: Filled, receipts: Path | None = None) -> Console:

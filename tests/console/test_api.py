@@ -23,7 +23,8 @@ from agentguard_otel.guard import counter_key
 from agentguard_otel.money import format_usd
 from agentguard_otel.policy import load_policy
 from agentguard_otel.scope import Scope
-from tests.console.support import XSS_TENANT, Filled, console_for, serving, tampered_copy
+from tests.console.support import XSS_TENANT, Filled, console_for, fill, serving, tampered_copy
+from tests.redis_server import shared_server
 
 
 def get(server: ConsoleServer, path: str, headers: dict[str, str] | None = None,
@@ -74,6 +75,20 @@ def test_usage_equals_the_ledger_and_spend_json(filled: Filled, capsys: pytest.C
     assert acme["window"] == "day" and acme["limit_usd"] == Decimal("0.0012")
     rolling = next(c for c in usage["counters"] if c["counter"] == "team-task#1|team=search|task=rank")
     assert rolling["window"] == "month" and rolling["window_start"] is None
+
+
+def test_usage_of_a_redis_ledger_equals_its_states(guarded: Any, server: Any, tmp_path: Path) -> None:
+    url = shared_server().url(prefix=f"console-{tmp_path.name}:")
+    filled = fill(guarded, server, ledger=url)
+    states = {s.key: s for s in filled.guarded.guard.ledger.states()}
+    with serving(console_for(filled)) as running:
+        usage = api(running, "/api/usage")
+        globex = api(running, "/api/usage?tenant=globex")
+    assert len(states) == 12
+    assert {c["counter"]: (c["spent_nano"], c["held_nano"], c["limit_nano"], c["window"])
+            for c in usage["counters"]} == {
+        key: (s.spent_nano, s.held_nano, s.limit_nano, s.window) for key, s in states.items()}
+    assert [c["spent_usd"] for c in globex["counters"]] == [exact_usd(2 * 265_000)]
 
 
 def test_usage_of_a_tenant_is_its_keys_tenant_part(filled: Filled) -> None:
