@@ -117,7 +117,8 @@ def _shared_link(page_file: Path, line: bytes) -> str:
 def test_a_shared_receipt_link_verifies_against_the_auditors_key(page: Page, page_file: Path,
                                                                    tmp_path: Path) -> None:
     key = SigningKey.generate(tmp_path / "signer.key")
-    line = _log(tmp_path / "log", key, 3)[0].read_bytes().splitlines()[1]
+    lines = _log(tmp_path / "log", key, 3)[0].read_bytes().splitlines()
+    line = lines[1]
     receipt = json.loads(line)
     page.goto(_shared_link(page_file, line))
     assert page.inner_text("#fields tr:has(th:text-is('hash')) td") == receipt["hash"]
@@ -127,6 +128,11 @@ def test_a_shared_receipt_link_verifies_against_the_auditors_key(page: Page, pag
     assert page.get_attribute("#verdict", "data-verdict") == "ok"
     assert page.inner_text("#verdict") == (f"OK: receipt chain {receipt['chain']} seq 1 verifies "
                                            "against the trusted keys")
+    # Another link opened in the same tab is read and verified with the key already picked.
+    page.evaluate("(hash) => { location.hash = hash; }", _shared_link(page_file, lines[2]).split("#", 1)[1])
+    page.wait_for_function("document.getElementById('verdict').textContent.includes('seq 2 ')")
+    assert page.get_attribute("#verdict", "data-verdict") == "ok"
+    assert page.inner_text("#fields tr:has(th:text-is('seq')) td") == "2"
 
 
 @pytest.mark.parametrize(("old", "new", "reason"), [

@@ -69,23 +69,28 @@
     }
   }
 
+  /** The receipt of a `#r=<base64url line>` link: its fields shown, verified once keys are picked. */
   function readShared() {
+    shared = null;
+    $("shared").hidden = true;
+    setVerdict(null, "");
     const match = /^#r=([A-Za-z0-9_-]+)/.exec(location.hash);
     if (!match) return;
     try {
       shared = base64UrlDecode(match[1]);
     } catch (_) {
       setVerdict("bad", "FAILED: shared receipt: the link is not base64url");
+      return;
     }
+    try {
+      const parsed = V.parseLine(shared[shared.length - 1] === 10 ? shared : new Uint8Array([...shared, 10]));
+      if (parsed.value instanceof Map) showFields(parsed.value);
+    } catch (_) { /* unreadable: the reason is shown when it is verified */ }
+    if ($("keys").files.length) run();
   }
 
   $("form").addEventListener("submit", (event) => { event.preventDefault(); run(); });
   $("keys").addEventListener("change", () => { if (shared !== null) run(); });
+  window.addEventListener("hashchange", readShared);
   readShared();
-  if (shared !== null) {
-    try {
-      const parsed = V.parseLine(shared[shared.length - 1] === 10 ? shared : new Uint8Array([...shared, 10]));
-      if (parsed.value instanceof Map) showFields(parsed.value);
-    } catch (_) { /* reported when verified */ }
-  }
 })();
