@@ -73,6 +73,9 @@ def test_click_a_receipt_and_it_is_verified_in_place(page: Page, console: Consol
     assert page.locator('td.browser[data-verdict="ok"]').count() == 15
     assert rows.first.locator("td.browser").inner_text() == "✓ hash and signature verify against a trusted key"
     assert page.locator("tr[data-chain] td").nth(2).inner_text() == "ok"
+    page.locator("tr[data-receipt] td a").first.click()  # a trace id: that trace's receipts
+    page.wait_for_url("**/receipts?trace=*")
+    assert page.locator("tr[data-receipt]").count() == 15  # the fixture's calls all ran in one trace
     assert page.title() == "Receipts and their verification · agentguard" and watched == []
 
 

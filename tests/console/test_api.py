@@ -104,6 +104,11 @@ def test_usage_of_a_tenant_is_its_keys_tenant_part(filled: Filled) -> None:
     assert nobody == {"tenant": "initech", "counters": []}
 
 
+def blocks_trace(written: list[dict[str, Any]]) -> str:
+    trace: str = next(r["trace_id"] for r in written if r.get("action") == "block")
+    return trace
+
+
 def test_receipts_newest_first_filtered_with_verdicts(filled: Filled) -> None:
     written = filled.guarded.receipts()
     with serving(console_for(filled)) as server:
@@ -112,6 +117,8 @@ def test_receipts_newest_first_filtered_with_verdicts(filled: Filled) -> None:
         acme_settled = api(server, "/api/receipts?tenant=acme&kind=settlement&limit=2")["receipts"]
         bad_limit = get(server, "/api/receipts?limit=0")
         bad_kind = get(server, "/api/receipts?kind=invoice")
+        traced = api(server, "/api/receipts?limit=100&trace=" + blocks_trace(written).upper())["receipts"]
+        bad_trace = get(server, "/api/receipts?trace=1234")
     assert [r["ts"] for r in everything] == sorted((r["ts"] for r in written), reverse=True)
     assert [r["call_id"] for r in everything] == [r["call_id"] for r in reversed(written)]
     assert {r["verification"]["status"] for r in everything} == {"ok"}
@@ -123,6 +130,8 @@ def test_receipts_newest_first_filtered_with_verdicts(filled: Filled) -> None:
     assert [r["actual_usd"] for r in acme_settled] == [exact_usd(15_900)] * 2
     assert bad_limit[0] == 400 and b"limit must be a whole number" in bad_limit[2]
     assert bad_kind[0] == 400 and b"kind must be one of" in bad_kind[2]
+    assert len(traced) == len(written) and {r["trace_id"] for r in traced} == {blocks_trace(written)}
+    assert bad_trace[0] == 400 and b"trace must be a trace id of 32 hex digits" in bad_trace[2]
 
 
 def test_a_tampered_receipt_is_bad_and_its_chain_after_it_unverified(filled: Filled, tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ def _status(status: Status) -> str:
 
 
 def decisions_body(found: list[tuple[Call, Status]], query: Mapping[str, str], token: str | None) -> str:
-    form = _filters("/decisions", query, SCOPE_FILTERS, {"action": ACTIONS}, token)
+    form = _filters("/decisions", query, (*SCOPE_FILTERS, "trace"), {"action": ACTIONS}, token)
     if not found:
         return form + '<p class="muted">No decisions match.</p>'
     rows = []
@@ -226,7 +226,7 @@ def chains_body(reports: list[tuple[str, Status, int]]) -> str:
 
 def receipts_body(found: list[tuple[Entry, Status]], chains: str, query: Mapping[str, str],
                   token: str | None) -> str:
-    form = _filters("/receipts", query, ("tenant",), {"kind": KINDS, "action": ACTIONS}, token)
+    form = _filters("/receipts", query, ("tenant", "trace"), {"kind": KINDS, "action": ACTIONS}, token)
     rows = []
     for entry, status in found:
         line = base64.b64encode(entry.raw).decode("ascii")
@@ -237,7 +237,7 @@ def receipts_body(found: list[tuple[Entry, Status]], chains: str, query: Mapping
             f'<td class="num">{_e(entry.integer("seq"))}</td>'
             f'<td>{_tag(entry.text("action") or entry.text("outcome"), "a")}</td>'
             f"<td>{_scope_text(entry.scope)}</td>"
-            f'<td class="mono">{_e(entry.trace_id or "")}</td>'
+            f'<td class="mono">{_trace_link(entry.trace_id, token)}</td>'
             f'<td class="server" data-status="{_e(status["status"])}">{_status(status)}</td>'
             f'<td><button class="verify" type="button">verify here</button></td><td class="browser"></td>'
             f"<td><details><summary>line</summary><pre>{detail}</pre></details></td></tr>")
@@ -245,6 +245,14 @@ def receipts_body(found: list[tuple[Entry, Status]], chains: str, query: Mapping
              "<th>action</th><th>scope</th><th>trace id</th><th>server verdict</th><th></th>"
              f"<th>in this browser</th><th></th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     return form + chains + (table if rows else '<p class="muted">No receipts match.</p>')
+
+
+def _trace_link(trace_id: str | None, token: str | None) -> str:
+    """A trace id (32 hex digits, checked by the reader) linked to its receipts."""
+    if trace_id is None:
+        return ""
+    query = urlencode({"trace": trace_id, **({"token": token} if token else {})})
+    return f'<a href="/receipts?{_e(query)}">{_e(trace_id)}</a>'
 
 
 def keys_block(pems: Sequence[tuple[str, str]]) -> str:

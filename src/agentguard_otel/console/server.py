@@ -26,7 +26,17 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agentguard_otel.console import pages
-from agentguard_otel.console.records import Entry, Status, Verdicts, calls, chains, newest, receipt_files, view
+from agentguard_otel.console.records import (
+    TRACE_ID,
+    Entry,
+    Status,
+    Verdicts,
+    calls,
+    chains,
+    newest,
+    receipt_files,
+    view,
+)
 from agentguard_otel.console.usage import Counter, counters, read_states, usage_json
 from agentguard_otel.errors import AgentGuardError
 from agentguard_otel.policy import Policy
@@ -85,15 +95,21 @@ def _choice(query: Mapping[str, str], name: str, options: tuple[str, ...]) -> st
     return value
 
 
-def _matcher(query: Mapping[str, str], scope_fields: tuple[str, ...]) -> Callable[[Entry], bool]:
+def _matcher(query: Mapping[str, str]) -> Callable[[Entry], bool]:
+    """The receipts a query asks for: by kind, action, trace id and scope values (all optional)."""
     kind = _choice(query, "kind", pages.KINDS)
     action = _choice(query, "action", pages.ACTIONS)
-    wanted = {name: query[name] for name in scope_fields if query.get(name)}
+    trace = (query.get("trace") or "").strip().lower() or None
+    if trace is not None and not TRACE_ID.fullmatch(trace):
+        raise BadRequest(f"trace must be a trace id of 32 hex digits, got {query['trace']!r}")
+    wanted = {name: query[name] for name in pages.SCOPE_FILTERS if query.get(name)}
 
     def match(entry: Entry) -> bool:
         if kind is not None and entry.text("kind") != kind:
             return False
         if action is not None and entry.text("action") != action:
+            return False
+        if trace is not None and entry.trace_id != trace:
             return False
         scope = entry.scope
         return all(scope.get(name) == value for name, value in wanted.items())
@@ -160,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _decisions(self, query: Mapping[str, str]) -> None:
         files, judge = self.server.console.judged()
-        found = calls(files, _matcher(query, pages.SCOPE_FILTERS), _limit(query))
+        found = calls(files, _matcher(query), _limit(query))
         body = pages.decisions_body([(call, judge(call.decision)) for call in found], query,
                                     self._page_token(query))
         self._page("Recent decisions", "/decisions", body, query)
@@ -176,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "status": "bad", "reason": f"{error['file']}:{error['line']} seq {error['seq']}: {error['reason']}"}
             directory, stem, _ = segment_order(group[0])
             summary.append((str(Path(directory) / stem), status, report.receipts))
-        found = newest(files, _matcher(query, pages.SCOPE_FILTERS), _limit(query))
+        found = newest(files, _matcher(query), _limit(query))
         body = pages.receipts_body([(entry, judge(entry)) for entry in found], pages.chains_body(summary),
                                    query, self._page_token(query)) + pages.keys_block(console.key_pems)
         self._page("Receipts and their verification", "/receipts", body, query, pages.receipts_script())
@@ -189,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api_receipts(self, query: Mapping[str, str]) -> None:
         files, judge = self.server.console.judged()
-        found = newest(files, _matcher(query, pages.SCOPE_FILTERS), _limit(query))
+        found = newest(files, _matcher(query), _limit(query))
         self._json({"receipts": [view(entry, judge(entry)) for entry in found]})
 
     def _html(self, page: str) -> None:
