@@ -108,7 +108,8 @@ def csp_for(page: str) -> str:
             "form-action 'self'; frame-ancestors 'none'")
 
 
-def _e(value: object) -> str:
+def esc(value: object) -> str:
+    """Text from anywhere (a ledger key, a receipt, a query) as inert HTML, quotes included."""
     return escape("" if value is None else str(value), quote=True)
 
 
@@ -116,11 +117,11 @@ def _tag(value: str | None, prefix: str) -> str:
     if not value:
         return ""
     css = f"{prefix}-{value}" if re.fullmatch(r"[a-z]+", value) else ""
-    return f'<span class="tag {css}">{_e(value)}</span>'
+    return f'<span class="tag {css}">{esc(value)}</span>'
 
 
 def _usd(nano: int | None) -> str:
-    return "-" if nano is None else _e(format_usd(nano))
+    return "-" if nano is None else esc(format_usd(nano))
 
 
 def layout(title: str, current: str, body: str, *, token: str | None, footer: str,
@@ -128,19 +129,19 @@ def layout(title: str, current: str, body: str, *, token: str | None, footer: st
     """A whole page; ``token`` (from ``?token=``) is carried on the console's own links."""
     links = [("/", "Spend"), ("/decisions", "Decisions"), ("/receipts", "Receipts"), ("/verify", "Verify page")]
     suffix = "?" + urlencode({"token": token}) if token else ""
-    nav = "".join(f'<a href="{path}{_e(suffix)}"{" aria-current=page" if path == current else ""}>{name}</a>'
+    nav = "".join(f'<a href="{path}{esc(suffix)}"{" aria-current=page" if path == current else ""}>{name}</a>'
                   for path, name in links)
     scripts = f"<script>{script}</script>" if script else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(title)} · agentguard</title><style>{_STYLE}</style></head><body>"
+            f"<title>{esc(title)} · agentguard</title><style>{_STYLE}</style></head><body>"
             f"<header><strong>agentguard console</strong><nav>{nav}</nav></header>"
-            f"<main><h1>{_e(title)}</h1>{body}</main><footer>{footer}</footer>{scripts}</body></html>")
+            f"<main><h1>{esc(title)}</h1>{body}</main><footer>{footer}</footer>{scripts}</body></html>")
 
 
 def _scope_text(scope: Mapping[str, str | None], skip: Iterable[str] = ()) -> str:
     shown = [f"{name}={value}" for name, value in scope.items() if value is not None and name not in skip]
-    return _e(" ".join(shown)) if shown else '<span class="muted">-</span>'
+    return esc(" ".join(shown)) if shown else '<span class="muted">-</span>'
 
 
 def spend_body(found: list[Counter]) -> str:
@@ -149,7 +150,7 @@ def spend_body(found: list[Counter]) -> str:
         return '<p class="muted">No spend recorded in the current windows.</p>'
     parts = []
     for tenant, rule, group in by_tenant(found):
-        heading = f"Tenant {_e(tenant)}" if tenant is not None else f"Rule {_e(rule)} (not per tenant)"
+        heading = f"Tenant {esc(tenant)}" if tenant is not None else f"Rule {esc(rule)} (not per tenant)"
         rows = []
         for c in group:
             s = c.state
@@ -159,11 +160,11 @@ def spend_body(found: list[Counter]) -> str:
                      f"</meter> {used:.1%}" if used is not None else "-")
             cap = f" {_tag(c.action, 'a')}" if c.action else ""
             rows.append(
-                f'<tr data-counter="{_e(s.key)}" data-tenant="{_e(tenant or "")}">'
+                f'<tr data-counter="{esc(s.key)}" data-tenant="{esc(tenant or "")}">'
                 f'<td data-field="scope">{_scope_text(c.scope, ("tenant",))}</td>'
-                f'<td data-field="rule_id">{_e(c.rule_id or s.key)}'
+                f'<td data-field="rule_id">{esc(c.rule_id or s.key)}'
                 f'{"" if c.cap_index is None else f" #{c.cap_index}"}{cap}</td>'
-                f'<td data-field="window">{_e(s.window or "")} <span class="muted">{_e(start)}</span></td>'
+                f'<td data-field="window">{esc(s.window or "")} <span class="muted">{esc(start)}</span></td>'
                 f'<td class="num" data-field="spent_usd">{_usd(s.spent_nano)}</td>'
                 f'<td class="num" data-field="held_usd">{_usd(s.held_nano)}</td>'
                 f'<td class="num" data-field="limit_usd">{_usd(s.limit_nano)}</td>'
@@ -176,21 +177,21 @@ def spend_body(found: list[Counter]) -> str:
 
 def _filters(action: str, query: Mapping[str, str], fields: Sequence[str], choices: Mapping[str, Sequence[str]],
              token: str | None) -> str:
-    inputs = [f'<label>{name}<input name="{name}" value="{_e(query.get(name, ""))}"></label>' for name in fields]
+    inputs = [f'<label>{name}<input name="{name}" value="{esc(query.get(name, ""))}"></label>' for name in fields]
     for name, options in choices.items():
         picked = query.get(name, "")
-        opts = "".join(f'<option value="{_e(o)}"{" selected" if o == picked else ""}>{_e(o or "any")}</option>'
+        opts = "".join(f'<option value="{esc(o)}"{" selected" if o == picked else ""}>{esc(o or "any")}</option>'
                        for o in ("", *options))
         inputs.append(f'<label>{name}<select name="{name}">{opts}</select></label>')
-    inputs.append(f'<label>limit<input name="limit" type="number" min="1" value="{_e(query.get("limit", ""))}">'
+    inputs.append(f'<label>limit<input name="limit" type="number" min="1" value="{esc(query.get("limit", ""))}">'
                   "</label>")
-    hidden = f'<input type="hidden" name="token" value="{_e(token)}">' if token else ""
+    hidden = f'<input type="hidden" name="token" value="{esc(token)}">' if token else ""
     return (f'<form class="filters" method="get" action="{action}">{"".join(inputs)}{hidden}'
             "<button>Filter</button></form>")
 
 
 def _status(status: Status) -> str:
-    reason = f' <span class="muted">{_e(status["reason"])}</span>' if status["reason"] else ""
+    reason = f' <span class="muted">{esc(status["reason"])}</span>' if status["reason"] else ""
     return f'{_tag(status["status"], "s")}{reason}'
 
 
@@ -202,12 +203,12 @@ def decisions_body(found: list[tuple[Call, Status]], query: Mapping[str, str], t
     for call, status in found:
         d = call.decision
         requested, effective = d.text("model_requested"), d.text("model_effective")
-        model = _e(requested) + (f" → {_e(effective)}" if effective and effective != requested else "")
+        model = esc(requested) + (f" → {esc(effective)}" if effective and effective != requested else "")
         rows.append(
-            f'<tr data-call="{_e(d.text("call_id") or "")}">'
-            f'<td class="mono time">{_e(d.text("ts"))}</td><td>{_scope_text(d.scope)}</td>'
+            f'<tr data-call="{esc(d.text("call_id") or "")}">'
+            f'<td class="mono time">{esc(d.text("ts"))}</td><td>{_scope_text(d.scope)}</td>'
             f'<td data-field="action">{_tag(d.text("action"), "a")}</td><td data-field="model">{model}</td>'
-            f'<td data-field="reason">{_e(d.text("reason"))}</td>'
+            f'<td data-field="reason">{esc(d.text("reason"))}</td>'
             f'<td class="num" data-field="estimated">{_usd(d.nano("estimated_nano"))}</td>'
             f'<td class="num" data-field="actual">{_usd(call.actual_nano)}</td>'
             f'<td data-field="status">{_status(status)}</td></tr>')
@@ -218,7 +219,7 @@ def decisions_body(found: list[tuple[Call, Status]], query: Mapping[str, str], t
 
 def chains_body(reports: list[tuple[str, Status, int]]) -> str:
     """One line per chain: its files' stem, the verifier's verdict, how many receipts."""
-    rows = "".join(f'<tr data-chain="{_e(name)}"><td class="mono">{_e(name)}</td><td class="num">{count}</td>'
+    rows = "".join(f'<tr data-chain="{esc(name)}"><td class="mono">{esc(name)}</td><td class="num">{count}</td>'
                    f"<td>{_status(status)}</td></tr>" for name, status, count in reports)
     return ("<h2>Chains (verified whole, server-side, with the trusted keys)</h2><table><thead><tr><th>chain files"
             f"</th><th>receipts</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>")
@@ -230,15 +231,15 @@ def receipts_body(found: list[tuple[Entry, Status]], chains: str, query: Mapping
     rows = []
     for entry, status in found:
         line = base64.b64encode(entry.raw).decode("ascii")
-        detail = _e(entry.raw.decode("utf-8", "replace").rstrip("\n"))
+        detail = esc(entry.raw.decode("utf-8", "replace").rstrip("\n"))
         rows.append(
-            f'<tr data-receipt="{_e(entry.text("chain"))}:{_e(entry.integer("seq"))}" data-line="{line}">'
-            f'<td class="mono time">{_e(entry.text("ts"))}</td><td>{_e(entry.text("kind"))}</td>'
-            f'<td class="num">{_e(entry.integer("seq"))}</td>'
+            f'<tr data-receipt="{esc(entry.text("chain"))}:{esc(entry.integer("seq"))}" data-line="{line}">'
+            f'<td class="mono time">{esc(entry.text("ts"))}</td><td>{esc(entry.text("kind"))}</td>'
+            f'<td class="num">{esc(entry.integer("seq"))}</td>'
             f'<td>{_tag(entry.text("action") or entry.text("outcome"), "a")}</td>'
             f"<td>{_scope_text(entry.scope)}</td>"
             f'<td class="mono">{_trace_link(entry.trace_id, token)}</td>'
-            f'<td class="server" data-status="{_e(status["status"])}">{_status(status)}</td>'
+            f'<td class="server" data-status="{esc(status["status"])}">{_status(status)}</td>'
             f'<td><button class="verify" type="button">verify here</button></td><td class="browser"></td>'
             f"<td><details><summary>line</summary><pre>{detail}</pre></details></td></tr>")
     table = ("<h2>Receipts, newest first</h2><table><thead><tr><th>time (UTC)</th><th>kind</th><th>seq</th>"
@@ -252,7 +253,7 @@ def _trace_link(trace_id: str | None, token: str | None) -> str:
     if trace_id is None:
         return ""
     query = urlencode({"trace": trace_id, **({"token": token} if token else {})})
-    return f'<a href="/receipts?{_e(query)}">{_e(trace_id)}</a>'
+    return f'<a href="/receipts?{esc(query)}">{esc(trace_id)}</a>'
 
 
 def keys_block(pems: Sequence[tuple[str, str]]) -> str:

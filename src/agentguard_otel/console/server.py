@@ -77,7 +77,7 @@ class Console:
 
     def footer(self) -> str:
         where = ", ".join(str(p) for p in self.receipts) or "none"
-        return pages._e(f"ledger {self.ledger} · receipts {where} · trusted keys "
+        return pages.esc(f"ledger {self.ledger} · receipts {where} · trusted keys "
                         f"{', '.join(sorted(self.keys)) or 'none'} · read-only")
 
 
@@ -218,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         if api:
             self._send(status, json.dumps({"error": message}).encode("utf-8"), "application/json", extra=extra)
         else:
-            page = pages.layout(f"{status.value} {status.phrase}", "", f"<p>{pages._e(message)}</p>", token=None,
+            page = pages.layout(f"{status.value} {status.phrase}", "", f"<p>{pages.esc(message)}</p>", token=None,
                                 footer="")
             self._send(status, page.encode("utf-8"), "text/html; charset=utf-8", pages.csp_for(page), extra)
 
