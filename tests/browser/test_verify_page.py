@@ -96,6 +96,7 @@ def test_a_large_log_verifies_with_progress_to_100_percent(page: Page, page_file
     key = SigningKey.generate(tmp_path / "signer.key")
     files = _log(tmp_path / "log", key, 12_000, segment_max_bytes=2 << 20)
     assert len(files) > 1
+    page.set_default_timeout(180_000)  # a few seconds here; CI machines are shared
     page.goto(page_file.as_uri())
     page.evaluate("""() => { window.seen = [];
         new MutationObserver(() => window.seen.push(document.getElementById('progress').value))
