@@ -172,20 +172,20 @@ def _pricing_sync(args: argparse.Namespace) -> int:
 
 def _spend(args: argparse.Namespace) -> int:
     from agentguard_otel.ledger import open_ledger
-    from agentguard_otel.ledger.report import spend_table
+    from agentguard_otel.ledger.report import counter_states, spend_table
 
     url = args.ledger or config.resolve({}).ledger
     ledger = open_ledger(url, existing=True)
     try:
-        states = ledger.states(args.prefix)
+        states = counter_states(ledger, args.prefix)
         location = ledger.location
     finally:
         ledger.close()
     if args.json:
         print(json.dumps([{
             "counter": s.key, "window_start": s.window_start.isoformat() if s.window_start else None,
-            "spent_nano": s.spent_nano, "held_nano": s.held_nano, "limit_nano": s.limit_nano,
-        } for s in states], indent=2))
+            "spent_nano": s.spent_nano, "held_nano": s.held_nano, "limit_nano": s.limit_nano, "state": state,
+        } for s, state in states], indent=2))
         return 0
     print(f"ledger: {location}")
     print(spend_table(states))

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agentguard_otel.alerts import BudgetEvent, WebhookSender, reached, threshold_label
 from agentguard_otel.call import (
     AUTO_TIER,
     STANDARD_TIER,
@@ -35,6 +36,7 @@ from agentguard_otel.call import (
 )
 from agentguard_otel.errors import AgentGuardBlocked, LedgerUnavailable
 from agentguard_otel.ledger import CounterSpec, CounterState, Ledger, Reservation
+from agentguard_otel.ledger.base import TRIPPED, counter_state, mark_ttl, window_id
 from agentguard_otel.money import MAX_AMOUNT_NANO, format_usd
 from agentguard_otel.policy import Policy, Rule
 from agentguard_otel.pricing import (
@@ -55,7 +57,14 @@ from agentguard_otel.scope import (
     current_scope,
     verify_claim,
 )
-from agentguard_otel.telemetry import BLOCKED_ERROR_TYPE, BudgetReading, CallSpan, Settled, Telemetry
+from agentguard_otel.telemetry import (
+    BLOCKED_ERROR_TYPE,
+    METRIC_SCOPE_FIELDS,
+    BudgetReading,
+    CallSpan,
+    Settled,
+    Telemetry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ DEFAULT_TIMEOUT_SECONDS = 600.0
 HOLD_GRACE_SECONDS = 60.0
 MAX_DEFERRED = 10_000  # deferred results this process remembers for a later correction
 MAX_KEPT_SPECS = 65_536  # counter specs kept for reuse (one per cap and caller seen lately)
+MAX_KNOWN_MARKS = 65_536  # (counter, window) pairs whose marks this process remembers
 
 
 def _new_call_id() -> str:
@@ -84,6 +94,7 @@ class _Pricing:
 @dataclass(frozen=True)
 class _Plan:
     request: LLMRequest
+    scope: Scope
     call_id: str
     caps: tuple[CapRef, ...]
     price: ModelPrice  # of the requested model
@@ -113,12 +124,6 @@ class _Outcome:
     reason: str
     rule_id: str | None = None
     cap: CapRef | None = None
-
-
-def budget_readings(caps: tuple[CapRef, ...], states: tuple[CounterState, ...]) -> tuple[BudgetReading, ...]:
-    by_counter = {c.counter: c for c in caps}
-    return tuple(BudgetReading(s.key, ref.rule.id, ref.cap.window, s.spent_nano + s.held_nano, s.limit_nano)
-                 for s in states if (ref := by_counter.get(s.key)) is not None)
 
 
 def counter_key(rule: Rule, index: int, scope: Scope) -> str:
@@ -152,6 +157,9 @@ class Guard:
         self._flight_lock = threading.Lock()
         self._deferred: OrderedDict[str, GuardedCall] = OrderedDict()  # response id -> call settled in advance
         self._specs: dict[tuple[str, int, str, bool, bool], CounterSpec] = {}
+        # (counter, window) -> the marks this process recorded or found there (see _watch)
+        self._marks: dict[tuple[str, str], set[str]] = {}
+        self.webhook = WebhookSender(policy.alerts.webhook) if policy.alerts.webhook else None
 
     @property
     def enforcing(self) -> bool:
@@ -170,7 +178,11 @@ class Guard:
         try:
             self.receipts.close()
         finally:
-            self.ledger.close()
+            try:
+                if self.webhook is not None:
+                    self.webhook.close()
+            finally:
+                self.ledger.close()
 
     def _landed(self) -> None:
         with self._flight_lock:
@@ -325,7 +337,7 @@ class Guard:
                      for i, cap in enumerate(rule.caps))
         clamp = min((r.max_output_tokens for r in rules if r.max_output_tokens is not None), default=None)
         output_bound, inject = self._output_bound(request, clamp, bool(caps))
-        return _Plan(request=request, call_id=_new_call_id(), caps=caps, price=price, unknown=unknown,
+        return _Plan(request=request, scope=scope, call_id=_new_call_id(), caps=caps, price=price, unknown=unknown,
                      fallback_prices=tuple(p for p, _ in fallbacks), output_bound=output_bound,
                      clamp=output_bound if inject and self.enforcing else None,
                      violation=self._violation(request, scope, rules, candidates, unknown, claim_error))
@@ -336,6 +348,7 @@ class Guard:
         held = self._reserve(plan, [self._spec(c, False) for c in plan.ledger_caps], pricing)
         if isinstance(held, Decision):
             return held
+        self._watch(plan.caps, held.states, plan.scope)
         noted = self._over_after(plan.caps, held.states, pricing.estimate, lambda c: True)
         worst = plan.violation or (max(noted, key=lambda o: _SEVERITY[o.action]) if noted else None)
         if worst is None:
@@ -357,6 +370,7 @@ class Guard:
                 held = self._reserve(plan, specs, pricing)
                 if isinstance(held, Decision):
                     return held
+                self._watch(plan.caps, held.states, plan.scope, held.exceeded)
                 if held.admitted:
                     return self._admitted(plan, outcome, pricing, held)
                 by_counter = {c.counter: c for c in plan.ledger_caps}
@@ -549,6 +563,78 @@ class Guard:
     def _ttl(request: LLMRequest) -> float:
         return (request.timeout_seconds or DEFAULT_TIMEOUT_SECONDS) + HOLD_GRACE_SECONDS
 
+    # -- budget events ----------------------------------------------------------------------
+
+    def _watch(self, caps: tuple[CapRef, ...], states: tuple[CounterState, ...], scope: Scope,
+               tripped: tuple[CounterSpec, ...] = ()) -> None:
+        """Mark the thresholds the counters reached and the caps that tripped, once per counter and
+        window across every process sharing the ledger; the process whose mark is first emits the
+        threshold's budget event. Reads only what the ledger just returned: the common case (no
+        threshold newly reached) costs a few integer comparisons. Never raises."""
+        try:
+            by_counter = {c.counter: c for c in caps}
+            tripped_keys = {spec.key for spec in tripped}
+            now = time.time()
+            for state in states:
+                ref = by_counter.get(state.key)
+                if ref is None:
+                    continue
+                labels = {threshold_label(t): t for t in reached(ref.cap.thresholds, state.spent_nano + state.held_nano,
+                                                                  state.limit_nano)}
+                trip = TRIPPED.get(ref.cap.action) if state.key in tripped_keys else None
+                if not labels and trip is None:
+                    continue
+                window = window_id(state.window_start, ref.cap.window, now)
+                known = self._known_marks(state.key, window)
+                for label in ([trip] if trip else []) + [label for label in labels if label not in known]:
+                    if label in known:
+                        continue
+                    try:
+                        first = self.ledger.mark(state.key, window, label, mark_ttl(ref.cap.window))
+                    except LedgerUnavailable as exc:
+                        logger.warning("agentguard: could not record a budget mark of %s: %s", state.key, exc)
+                        continue
+                    known.add(label)
+                    if first and label in labels:
+                        self._emit(BudgetEvent(
+                            counter=state.key, rule_id=ref.rule.id, window=ref.cap.window,
+                            window_start=state.window_start.isoformat() if state.window_start else None,
+                            threshold=labels[label], used_nano=state.spent_nano + state.held_nano,
+                            limit_nano=state.limit_nano, scope=scope.as_dict(), ts=now))
+        except Exception:
+            logger.exception("agentguard: watching budget thresholds failed")
+
+    def _known_marks(self, counter: str, window: str) -> set[str]:
+        known = self._marks.get((counter, window))
+        if known is None:
+            if len(self._marks) >= MAX_KNOWN_MARKS:
+                self._marks.clear()  # forgotten marks are asked of the ledger again: still once each
+            known = self._marks[(counter, window)] = set()
+        return known
+
+    def _emit(self, event: BudgetEvent) -> None:
+        self.telemetry.emit_budget_event(event)
+        if self.webhook is not None:
+            self.webhook.send(event)
+
+    def readings(self, caps: tuple[CapRef, ...], states: tuple[CounterState, ...],
+                 scope: Scope) -> tuple[BudgetReading, ...]:
+        """What the budget gauges show of each counter: how full, its state as this process knows
+        it, and the scope fields the counter is kept per."""
+        by_counter = {c.counter: c for c in caps}
+        now = time.time()
+        found = []
+        for s in states:
+            ref = by_counter.get(s.key)
+            if ref is None:
+                continue
+            marks = self._marks.get((s.key, window_id(s.window_start, ref.cap.window, now)), ())
+            labels = tuple((name, value) for name in ref.rule.per_fields
+                           if name in METRIC_SCOPE_FIELDS and (value := scope.get(name)) is not None)
+            found.append(BudgetReading(s.key, ref.rule.id, ref.cap.window, s.spent_nano + s.held_nano, s.limit_nano,
+                                       counter_state(marks), labels))
+        return tuple(found)
+
     # -- receipts ---------------------------------------------------------------------------
 
     def _decision_body(self, request: LLMRequest, scope: Scope, d: Decision) -> dict[str, Any]:
@@ -688,6 +774,7 @@ class GuardedCall:
         except LedgerUnavailable as err:
             ledger_error = str(err)
             logger.error("agentguard: could not settle call %s: %s", self.decision.call_id, err)
+        guard._watch(self.decision.caps, states, self.scope)  # an overshoot may reach a threshold
         body: dict[str, Any] = {
             "call_id": self.decision.call_id,
             "decision": self.decision_hash,
@@ -724,7 +811,7 @@ class GuardedCall:
         guard.telemetry.on_settlement(self.span, Settled(
             request=self.request, scope=self.scope, decision=self.decision, info=info if problem is None else
             replace(info, usage=None), actual_nano=actual, cost_source=source, receipt=receipt,
-            budget=budget_readings(self.decision.caps, states), duration_s=time.monotonic() - self.started,
+            budget=guard.readings(self.decision.caps, states, self.scope), duration_s=time.monotonic() - self.started,
             error_type=type(exc).__qualname__ if exc is not None else None, http_status=status,
             provider_model_mismatch=body["provider_model_mismatch"]))
 
@@ -749,7 +836,8 @@ class GuardedCall:
             "cost_source": source,
             "usage": _usage_dict(info.usage),
         }, self.span)
-        guard.telemetry.on_adjustment(budget_readings(self.decision.caps, states))
+        guard._watch(self.decision.caps, states, self.scope)
+        guard.telemetry.on_adjustment(guard.readings(self.decision.caps, states, self.scope))
 
     def _mismatch(self, info: ResponseInfo, actual: int) -> bool:
         answered = info.response_model

@@ -9,6 +9,7 @@ line, so a backend such as Loki holds a verifiable copy of the audit trail.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,9 @@ from opentelemetry.metrics import get_meter
 # nothing of what the guard does (the global provider itself is still followed, see Telemetry.tracer).
 from opentelemetry.trace import SpanKind, Status, StatusCode, get_tracer_provider, set_span_in_context
 
+from agentguard_otel.alerts import BudgetEvent
 from agentguard_otel.call import Decision, LLMRequest, ResponseInfo
+from agentguard_otel.ledger.base import STATES
 from agentguard_otel.money import nano_to_usd
 from agentguard_otel.receipts.format import Sealed
 from agentguard_otel.scope import BAGGAGE_PREFIX, Scope
@@ -59,6 +62,8 @@ class BudgetReading:
     window: str
     used_nano: int
     limit_nano: int
+    state: str = "active"  # see alerts.STATES
+    scope_labels: tuple[tuple[str, str], ...] = ()  # the scope fields the counter is kept per
 
     @property
     def utilization(self) -> float:
@@ -184,6 +189,10 @@ class Telemetry:
         self.utilization = meter.create_gauge(
             "agentguard.budget.utilization", unit="1",
             description="Share of a cap's limit spent or held in its current window (0..1, may exceed 1).")
+        self.budget_state = meter.create_gauge(
+            "agentguard.budget.state", unit="1",
+            description="A cap counter's state in its current window: 0 active, 1 warned (an alert_at threshold "
+                        "reached), 2 degraded (a downgrade cap tripped), 3 stopped (a block cap tripped).")
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -355,11 +364,34 @@ class Telemetry:
 
     def _record_budget(self, budget: Sequence[BudgetReading]) -> None:
         for reading in budget:
-            self.utilization.set(reading.utilization, {
+            labels = {
                 "agentguard.counter": reading.counter,
                 "agentguard.rule.id": reading.rule_id,
                 "agentguard.cap.window": reading.window,
-            })
+                **{BAGGAGE_PREFIX + name: value for name, value in reading.scope_labels},
+            }
+            self.utilization.set(reading.utilization, labels)
+            self.budget_state.set(STATES.index(reading.state), labels)
+
+    @contained
+    def emit_budget_event(self, event: BudgetEvent) -> None:
+        """A threshold reached: one log record (event ``agentguard.budget.threshold``), its body the
+        event as the webhook receives it."""
+        body = event.as_json()
+        self.logger.emit(LogRecord(
+            timestamp=time.time_ns(),
+            severity_number=SeverityNumber.WARN,
+            severity_text="WARN",
+            event_name="agentguard.budget.threshold",
+            body=json.dumps(body, sort_keys=True),
+            attributes={
+                "agentguard.counter": event.counter,
+                "agentguard.rule.id": event.rule_id,
+                "agentguard.cap.window": event.window,
+                "agentguard.budget.threshold": body["threshold"],
+                "agentguard.budget.utilization": body["utilization"],
+            },
+        ))
 
     @staticmethod
     def _scope_labels(scope: Scope) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def test_cloudwatch_contrib_parts_are_wired_to_what_the_plugin_emits(guarded: Gu
                                                                     server: Any) -> None:
     points, units, span_keys = _emitted(guarded, otel, server)
     assert set(points) == {"agentguard.cost", "agentguard.decisions", "agentguard.budget.utilization",
-                           "gen_ai.client.token.usage", "gen_ai.client.operation.duration"}
+                           "agentguard.budget.state", "gen_ai.client.token.usage", "gen_ai.client.operation.duration"}
     config = load("cloudwatch.yaml")
     exporters = config["exporters"]
     assert config["service"]["pipelines"]["metrics"]["exporters"] == ["awsemf"]

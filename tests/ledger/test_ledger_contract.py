@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -380,3 +382,51 @@ def test_a_correction_upward_counts_and_an_ended_window_keeps_its_total(ledger: 
     assert ("day", 250) in [(s.key, s.spent_nano) for s in states]
     assert state(ledger, "minute").spent_nano == 0  # the current minute is untouched
     assert spent_held(ledger, "day") == (250, 0)
+
+
+# -- marks: what happened to a counter in a window, recorded once across processes -----------------
+
+def test_a_mark_is_recorded_by_the_first_caller_only(ledger: Ledger) -> None:
+    key = "r#0|team=a*b[c]\\d"  # glob characters in a key are literal
+    assert ledger.mark(key, "2024-05-15T00:00:00+00:00", "0.8", TTL) is True
+    assert ledger.mark(key, "2024-05-15T00:00:00+00:00", "0.8", TTL) is False
+    assert ledger.mark(key, "2024-05-15T00:00:00+00:00", "1", TTL) is True
+    assert ledger.mark(key, "2024-05-16T00:00:00+00:00", "0.8", TTL) is True
+    assert ledger.mark("r#1", "rolling:0", "tripped:block", TTL) is True
+    assert ledger.marks() == {
+        (key, "2024-05-15T00:00:00+00:00"): frozenset({"0.8", "1"}),
+        (key, "2024-05-16T00:00:00+00:00"): frozenset({"0.8"}),
+        ("r#1", "rolling:0"): frozenset({"tripped:block"}),
+    }
+    assert ledger.marks("r#1") == {("r#1", "rolling:0"): frozenset({"tripped:block"})}
+    assert ledger.marks("r#0|team=a*") == {k: v for k, v in ledger.marks().items() if k[0] == key}
+    assert ledger.marks("r#0|team=a?") == {}
+
+
+def test_a_mark_is_forgotten_after_its_lifetime(ledger: Ledger, backend: str, clock: FakeClock) -> None:
+    if backend == "redis":  # a mark expires on the Redis server's own clock, as every Redis key does
+        assert ledger.mark("k", "w", "0.8", 0.05)
+        time.sleep(0.2)
+    else:
+        assert ledger.mark("k", "w", "0.8", TTL)
+        clock.advance(TTL)
+    assert ledger.marks() == {}
+    assert ledger.mark("k", "w", "0.8", TTL) is True
+
+
+def test_concurrent_markers_record_a_mark_once(make_ledger: Callable[[Clock], Ledger], clock: FakeClock) -> None:
+    ledgers = [make_ledger(clock)]
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        got = ledgers[0].mark("k", "w", "0.8", TTL)
+        with lock:
+            results.append(got)
+
+    workers = [threading.Thread(target=race) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(results) == [False] * 7 + [True]

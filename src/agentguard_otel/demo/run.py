@@ -24,7 +24,7 @@ from agentguard_otel import config
 from agentguard_otel.demo.routing import OPENROUTER_BASE_URL
 from agentguard_otel.errors import AgentGuardBlocked
 from agentguard_otel.instrumentor import AgentGuardInstrumentor
-from agentguard_otel.ledger.report import spend_table
+from agentguard_otel.ledger.report import counter_states, spend_table
 from agentguard_otel.money import format_usd
 from agentguard_otel.receipts import load_public_keys, verify
 from agentguard_otel.scope import scope
@@ -91,7 +91,7 @@ def run_demo(calls: int = 12) -> int:
                 labels = _agent_loop(client, big, calls)
             guard = instrumentor.guard
             assert guard is not None
-            states = guard.ledger.states()
+            states = counter_states(guard.ledger)
         finally:
             instrumentor.uninstrument()
     rows = _rows(labels, run_dir / "receipts")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -201,6 +201,39 @@ def assess(specs: Sequence[CounterSpec], slots: Sequence[Slot], totals: Sequence
     return Reservation(admitted, hold_id() if admitted else None, exceeded, states)
 
 
+STATES = ("active", "warned", "degraded", "stopped")  # a counter's states, in increasing severity
+TRIPPED = {"downgrade": "tripped:downgrade", "block": "tripped:block"}  # mark labels of a tripped cap
+
+
+def counter_state(labels: Iterable[str]) -> str:
+    """The state a counter's marks in its current window put it in: ``active`` < ``warned`` (an
+    ``alert_at`` threshold reached) < ``degraded`` (a downgrade cap tripped) < ``stopped`` (a block
+    cap tripped)."""
+    marks = set(labels)
+    if TRIPPED["block"] in marks:
+        return "stopped"
+    if TRIPPED["downgrade"] in marks:
+        return "degraded"
+    if any(not label.startswith("tripped:") for label in marks):
+        return "warned"
+    return "active"
+
+
+def window_id(window_start: datetime | None, window: str | None, now: float) -> str:
+    """The identity of a counter's current window, for marks: its start for a calendar window; for a
+    rolling one (which never starts), the period of its length that ``now`` falls in, so a threshold
+    fires at most once per window length."""
+    if window_start is not None:
+        return window_start.isoformat()
+    length = ROLLING_SECONDS.get(window or "", 0)
+    return f"rolling:{int(now // length) * length}" if length else "rolling"
+
+
+def mark_ttl(window: str | None) -> float:
+    """How long a mark is kept: past the end of the longest window of its kind, whatever its start."""
+    return 2.0 * ROLLING_SECONDS.get(window or "", ROLLING_SECONDS["month"]) + HOLD_RETENTION_SECONDS
+
+
 def new_hold_id() -> str:
     """128 random bits as 32 hex digits, so holds from many processes and hosts never collide
     (what ``uuid4().hex`` gives, without building a UUID object on the hot path)."""
@@ -253,6 +286,16 @@ class Ledger(ABC):
     @abstractmethod
     def states(self, key_prefix: str = "") -> list[CounterState]:
         """Current-window totals of every counter whose key starts with ``key_prefix``, by key."""
+
+    @abstractmethod
+    def mark(self, key: str, window: str, label: str, ttl_seconds: float) -> bool:
+        """Record that ``label`` happened to counter ``key`` in ``window`` (see :func:`window_id`);
+        True for the one caller, across every process sharing the ledger, that recorded it first.
+        A mark is forgotten after ``ttl_seconds`` (chosen to outlive its window)."""
+
+    @abstractmethod
+    def marks(self, key_prefix: str = "") -> dict[tuple[str, str], frozenset[str]]:
+        """The live marks of every counter whose key starts with ``key_prefix``, by (key, window)."""
 
     @abstractmethod
     def close(self) -> None:

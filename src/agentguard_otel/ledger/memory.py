@@ -68,6 +68,7 @@ class MemoryLedger(Ledger):
         # Spend events of rolling counters, a heap per key; a rolling row's ``spent`` is their total.
         self._spend: dict[str, list[tuple[float, int]]] = {}
         self._adjustable: dict[str, _Settled] = {}
+        self._marks: dict[tuple[str, str, str], float] = {}  # (key, window, label) -> expires at
         self._next_gc = 0.0
 
     def reserve(self, counters: Sequence[CounterSpec], amount_nano: int, ttl_seconds: float) -> Reservation:
@@ -181,6 +182,27 @@ class MemoryLedger(Ledger):
                 states.append(CounterState(key, window_start_datetime(slot.start, row.timezone), spent, held,
                                            row.limit, row.window))
             return states
+
+    def mark(self, key: str, window: str, label: str, ttl_seconds: float) -> bool:
+        check_ttl(ttl_seconds)
+        with self._lock:
+            now = self._clock()
+            found = (key, window, label)
+            if self._marks.get(found, now) > now:
+                return False
+            self._marks[found] = now + ttl_seconds
+            return True
+
+    def marks(self, key_prefix: str = "") -> dict[tuple[str, str], frozenset[str]]:
+        with self._lock:
+            now = self._clock()
+            found: dict[tuple[str, str], set[str]] = {}
+            for (key, window, label), expires_at in list(self._marks.items()):
+                if expires_at <= now:
+                    del self._marks[(key, window, label)]
+                elif key.startswith(key_prefix):
+                    found.setdefault((key, window), set()).add(label)
+            return {where: frozenset(labels) for where, labels in found.items()}
 
     @property
     def location(self) -> str:

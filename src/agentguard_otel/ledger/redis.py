@@ -358,6 +358,16 @@ def _counter_states(reply: list[str]) -> tuple[CounterState, ...]:
                  for key, start, spent, held, limit, tz in zip(*[iter(rows)] * 6, strict=True))
 
 
+# Marks live at ``P k:<window>\x1f<label>\x1f<key>``: windows and labels are ours (no separator in
+# them), so the key, free text last, needs no escaping. A plain SET NX PX: atomic, and it expires alone.
+_MARK_SEPARATOR = "\x1f"
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 def parse_redis_url(url: str) -> tuple[str, float, str]:
     """Split a ledger URL into the URL redis-py connects to, the timeout and the key prefix.
 
@@ -420,6 +430,7 @@ class RedisLedger(Ledger):
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._states = client.register_script(_STATES)
+        self._client = client
 
     @property
     def location(self) -> str:
@@ -487,6 +498,27 @@ class RedisLedger(Ledger):
             states.append(CounterState(key, window_start_datetime(slot.start, tz), int(spent) if current else 0,
                                        int(held) if current else 0, int(limit), window))
         return states
+
+    def mark(self, key: str, window: str, label: str, ttl_seconds: float) -> bool:
+        check_ttl(ttl_seconds)
+        name = f"{self._prefix}k:{_MARK_SEPARATOR.join((window, label, key))}"
+        try:
+            return bool(self._client.set(name, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"Redis ledger {self._where}: {type(exc).__name__}: {exc}") from exc
+
+    def marks(self, key_prefix: str = "") -> dict[tuple[str, str], frozenset[str]]:
+        found: dict[tuple[str, str], set[str]] = {}
+        start = f"{self._prefix}k:"
+        try:
+            names = list(self._client.scan_iter(match=f"{_glob_escape(start)}*", count=1000))
+        except redis.RedisError as exc:
+            raise LedgerUnavailable(f"Redis ledger {self._where}: {type(exc).__name__}: {exc}") from exc
+        for name in names:
+            window, label, key = name[len(start):].split(_MARK_SEPARATOR, 2)
+            if key.startswith(key_prefix):
+                found.setdefault((key, window), set()).add(label)
+        return {where: frozenset(labels) for where, labels in found.items()}
 
     def close(self) -> None:
         self._pool.disconnect()

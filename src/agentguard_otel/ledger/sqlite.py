@@ -47,7 +47,7 @@ from agentguard_otel.ledger.base import (
     window_start_datetime,
 )
 
-SCHEMA_VERSION = 2  # 2: settled_holds (version 1 files gain the table on open)
+SCHEMA_VERSION = 3  # 2: settled_holds, 3: marks (older files gain the tables on open)
 
 # Money columns are INTEGER nano-USD; times are REAL seconds since the epoch.
 # - counters: one row per (key, window_start); ``held`` is the sum of the live holds on it. A
@@ -91,6 +91,13 @@ _SCHEMA = (
         amount INTEGER NOT NULL,
         settled_at REAL NOT NULL,
         counters TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS marks (
+        key TEXT NOT NULL,
+        window TEXT NOT NULL,
+        label TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (key, window, label)
     ) WITHOUT ROWID""",
 )
 
@@ -329,6 +336,25 @@ class SQLiteLedger(Ledger):
                                            limit, window))
             return states
 
+    def mark(self, key: str, window: str, label: str, ttl_seconds: float) -> bool:
+        check_ttl(ttl_seconds)
+        with self._transaction() as tx:
+            tx.conn.execute("DELETE FROM marks WHERE key = ? AND window = ? AND label = ? AND expires_at <= ?",
+                            (key, window, label, tx.now))
+            cursor = tx.conn.execute("INSERT OR IGNORE INTO marks VALUES (?, ?, ?, ?)",
+                                     (key, window, label, tx.now + ttl_seconds))
+            return cursor.rowcount == 1
+
+    def marks(self, key_prefix: str = "") -> dict[tuple[str, str], frozenset[str]]:
+        with self._transaction() as tx:
+            rows = tx.conn.execute(
+                "SELECT key, window, label FROM marks WHERE substr(key, 1, ?) = ? AND expires_at > ?",
+                (len(key_prefix), key_prefix, tx.now)).fetchall()
+        found: dict[tuple[str, str], set[str]] = {}
+        for key, window, label in rows:
+            found.setdefault((key, window), set()).add(label)
+        return {where: frozenset(labels) for where, labels in found.items()}
+
     def close(self) -> None:
         with self._open_lock:
             owned = [handle for handle in self._open if handle.pid == os.getpid()]
@@ -371,6 +397,7 @@ class SQLiteLedger(Ledger):
         events that slid out of their rolling window."""
         conn.execute("DELETE FROM expired_holds WHERE expires_at <= ?", (now - HOLD_RETENTION_SECONDS,))
         conn.execute("DELETE FROM settled_holds WHERE settled_at <= ?", (now - ADJUSTABLE_SECONDS,))
+        conn.execute("DELETE FROM marks WHERE expires_at <= ?", (now,))
         referenced = {(key, start)
                       for (counters,) in conn.execute("SELECT counters FROM holds UNION ALL "
                                                       "SELECT counters FROM expired_holds").fetchall()

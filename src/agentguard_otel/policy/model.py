@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -84,8 +85,17 @@ def _check_glob(pattern: str) -> str:
 
 UsdAmount = Annotated[Decimal, Field(ge=0, allow_inf_nan=False), BeforeValidator(_no_float_detour)]
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
+# A share of a cap's limit: exact, above 0, and at most 10x the limit (past that nothing is watching).
+Threshold = Annotated[Decimal, Field(gt=0, le=10, allow_inf_nan=False), BeforeValidator(_no_float_detour)]
 Glob = Annotated[str, Field(min_length=1), AfterValidator(_check_glob)]
 GlobList = Annotated[list[Glob], Field(min_length=1)]
+
+
+def _check_webhook(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("webhook must be an http:// or https:// URL with a host")
+    return url
 
 
 def _glob_hit(names: tuple[str, ...], globs: str | list[str]) -> bool:
@@ -107,6 +117,10 @@ class Cap(BaseModel):
     reason: str | None = Field(default=None, description="Shown to the caller and recorded in the receipt.")
     rolling: StrictBool = Field(default=False,
                                 description="Sliding window instead of calendar-aligned (not for call).")
+    alert_at: list[Threshold] = Field(
+        default_factory=lambda: [Decimal("0.8"), Decimal("1")],
+        description="Utilizations (spent + held over the limit) at which a budget event is emitted, once "
+                    "per counter and window; [] for none. A call window keeps no counter: it has none.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Cap:
@@ -117,6 +131,8 @@ class Cap(BaseModel):
                                  "downgrade_to")
         if self.rolling and self.window == "call":
             raise semantic_error("a 'call' window cannot be rolling", "rolling")
+        if len(set(self.alert_at)) != len(self.alert_at):
+            raise semantic_error("alert_at lists a threshold twice", "alert_at")
         if self.limit_nano > MAX_AMOUNT_NANO:
             raise semantic_error(f"limit_usd is more than a ledger holds (at most {format_usd(MAX_AMOUNT_NANO)})",
                                  "limit_usd")
@@ -126,6 +142,11 @@ class Cap(BaseModel):
     def limit_nano(self) -> int:
         """Rounded down, so the integer limit never admits more than the written one."""
         return usd_to_nano(self.limit_usd, rounding=ROUND_FLOOR)
+
+    @cached_property
+    def thresholds(self) -> tuple[Decimal, ...]:
+        """``alert_at`` in ascending order (none for a call window, which keeps no counter)."""
+        return () if self.window == "call" else tuple(sorted(self.alert_at))
 
 
 class ModelRule(BaseModel):
@@ -254,6 +275,15 @@ class CreditCheck(BaseModel):
         return usd_to_nano(self.min_remaining_usd)
 
 
+class Alerts(BaseModel):
+    """Where budget threshold events go besides the OTel log record every event is."""
+
+    model_config = _STRICT_MODEL
+
+    webhook: Annotated[str, AfterValidator(_check_webhook)] | None = Field(
+        default=None, description="An http(s) URL that receives each budget event as a JSON POST.")
+
+
 class Policy(BaseModel):
     """A whole policy file."""
 
@@ -292,6 +322,7 @@ class Policy(BaseModel):
         default_factory=dict,
         description="Azure OpenAI deployment name -> the model it serves. A deployment not listed is priced "
                     "and allow-listed as its own name (a known model id), or else follows unknown_model.")
+    alerts: Alerts = Field(default_factory=Alerts, description="Delivery of budget threshold events.")
     credit_check: CreditCheck | None = Field(
         default=None, description="Block calls while the provider key's remaining credit is below a minimum.")
     rules: list[Rule] = Field(default_factory=list)

@@ -1,0 +1,156 @@
+"""Budget threshold events and counter states, and their delivery to a webhook off the call path.
+
+A cap's ``alert_at`` thresholds are shares of its limit. When a counter's spent + held first reaches
+one in a window, the guard records a mark in the ledger (atomically, so exactly one process of all
+that share the ledger wins) and the winner emits the event; a counter's state follows from its marks
+(:func:`agentguard_otel.ledger.base.counter_state`). Comparisons are exact: integers against a
+Decimal's ratio.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from agentguard_otel.money import nano_to_usd
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+WEBHOOK_ATTEMPTS = 3
+WEBHOOK_BACKOFF_SECONDS = (0.5, 2.0)  # before the second and the third attempt
+WEBHOOK_QUEUE = 1000  # events waiting for delivery; past that, new ones are logged and dropped
+
+
+def threshold_label(threshold: Decimal) -> str:
+    """A threshold as a mark label: its shortest exact text (``0.8``, ``1``)."""
+    return format(threshold.normalize(), "f")
+
+
+def reached(thresholds: Iterable[Decimal], used_nano: int, limit_nano: int) -> list[Decimal]:
+    """The thresholds ``used / limit`` has reached, exactly (a zero limit is reached by anything)."""
+    found = []
+    for threshold in thresholds:
+        numerator, denominator = _ratio(threshold)
+        if used_nano * denominator >= numerator * limit_nano:
+            found.append(threshold)
+    return found
+
+
+@functools.lru_cache(maxsize=256)  # a policy has a few thresholds, compared on every reservation
+def _ratio(threshold: Decimal) -> tuple[int, int]:
+    return threshold.as_integer_ratio()
+
+
+@dataclass(frozen=True)
+class BudgetEvent:
+    """One threshold reached by one counter in one window."""
+
+    counter: str
+    rule_id: str
+    window: str
+    window_start: str | None  # ISO 8601; None for a rolling window
+    threshold: Decimal
+    used_nano: int
+    limit_nano: int
+    scope: Mapping[str, str | None]
+    ts: float
+
+    @property
+    def utilization(self) -> float:
+        return self.used_nano / self.limit_nano if self.limit_nano else float("inf")
+
+    def as_json(self) -> dict[str, Any]:
+        """The webhook's JSON object (USD amounts and shares are numbers for people and dashboards;
+        the ledger and the comparison stay exact)."""
+        return {
+            "counter": self.counter, "rule_id": self.rule_id, "window": self.window,
+            "window_start": self.window_start, "threshold": float(self.threshold),
+            "utilization": round(self.utilization, 6), "spent_usd": nano_to_usd(self.used_nano),
+            "limit_usd": nano_to_usd(self.limit_nano), "scope": dict(self.scope),
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.ts)),
+        }
+
+
+class WebhookSender:
+    """Posts budget events to one URL from a worker thread: a timeout per attempt, bounded retries
+    with backoff, never blocking the caller; what cannot be delivered is logged (by host: the URL
+    itself may carry a token). Fork-safe: a child starts its own worker on its first event."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._host = urlsplit(url).hostname or "?"
+        self._queue: queue.Queue[BudgetEvent | None] = queue.Queue(WEBHOOK_QUEUE)
+        self._worker: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, event: BudgetEvent) -> None:
+        with self._lock:
+            if self._closed:
+                logger.warning("agentguard: budget event for %s not delivered: the guard is closed", event.counter)
+                return
+            if self._pid != os.getpid():  # forked: the parent's queue and thread are not ours
+                self._pid, self._queue, self._worker = os.getpid(), queue.Queue(WEBHOOK_QUEUE), None
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="agentguard-webhook", daemon=True)
+                self._worker.start()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            logger.warning("agentguard: budget event for %s not delivered to %s: %d events already wait",
+                           event.counter, self._host, WEBHOOK_QUEUE)
+
+    def close(self, timeout_seconds: float = WEBHOOK_TIMEOUT_SECONDS * WEBHOOK_ATTEMPTS) -> None:
+        """Deliver what waits (within ``timeout_seconds``), then stop the worker."""
+        with self._lock:
+            self._closed = True
+            worker = self._worker if self._pid == os.getpid() else None
+        if worker is None:
+            return
+        self._queue.put(None)
+        worker.join(timeout_seconds)
+        if worker.is_alive():
+            logger.warning("agentguard: budget events still waiting for %s were not delivered", self._host)
+
+    def _run(self) -> None:
+        while (event := self._queue.get()) is not None:
+            self._deliver(event)
+
+    def _deliver(self, event: BudgetEvent) -> None:
+        body = json.dumps(event.as_json()).encode("utf-8")
+        why = ""
+        for attempt in range(WEBHOOK_ATTEMPTS):
+            if attempt:
+                time.sleep(WEBHOOK_BACKOFF_SECONDS[min(attempt, len(WEBHOOK_BACKOFF_SECONDS)) - 1])
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      "User-Agent": "agentguard-otel"})
+            try:
+                with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
+                    response.read()
+                return
+            except urllib.error.HTTPError as exc:
+                why = f"HTTP {exc.code}"
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    break  # the receiver refuses this event: asking again changes nothing
+            except Exception as exc:  # a refused connection, a timeout, a reset: try again
+                why = type(exc).__name__
+        logger.warning("agentguard: budget event for %s (threshold %s) not delivered to %s: %s",
+                       event.counter, threshold_label(event.threshold), self._host, why)
+
+
+__all__ = ["BudgetEvent", "WebhookSender", "reached", "threshold_label"]
