@@ -157,13 +157,31 @@ def test_a_tampered_or_foreign_shared_receipt_fails(old: bytes, new: bytes, reas
     assert stranger.key_id != key.key_id
 
 
-def test_a_private_key_is_refused_as_the_cli_refuses_it(page: Page, page_file: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    case = tamper.build("valid", tmp_path / "case")
-    case.keys = [tmp_path / "case" / "signer.key"]
-    monkeypatch.chdir(tmp_path / "case")
-    assert main(["verify", case.files[0].name, "--public-key", "signer.key"]) == 2
+BAD_KEY_FILES: dict[str, Any] = {
+    "private key": lambda case: (case / "signer.key").read_bytes(),
+    "raw seed": lambda case: bytes(range(32)),
+    "hex seed": lambda case: b"ab" * 32 + b"\n",
+    "empty": lambda case: b"",
+    "text between blocks": lambda case: (case / "signer.key.pub").read_bytes() + b"# ok\n\nnot a comment\n",
+    "another PEM label": lambda case: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+}
+
+
+@pytest.mark.parametrize(("keys", "expect"), [*((name, []) for name in BAD_KEY_FILES), (None, ["no-equals-sign"]),
+                                              (None, ["chain="])])
+def test_keys_and_expected_heads_the_cli_refuses_are_refused_alike(keys: str | None, expect: list[str], page: Page,
+                                                                   page_file: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "case"
+    case = tamper.build("valid", root)
+    if keys is not None:
+        (root / "given.pub").write_bytes(BAD_KEY_FILES[keys](root))
+        case.keys = [root / "given.pub"]
+    case.expect = expect
+    monkeypatch.chdir(root)
+    args = ["verify", case.files[0].name, "--public-key", case.keys[0].name]
+    assert main([*args, *(f"--expect-head={head}" for head in expect)]) == 2
     expected = capsys.readouterr().err.strip()
     page.goto(page_file.as_uri())
     verdict, text, _ = page_verdict(page, case)
