@@ -164,6 +164,8 @@ BAD_KEY_FILES: dict[str, Any] = {
     "empty": lambda case: b"",
     "text between blocks": lambda case: (case / "signer.key.pub").read_bytes() + b"# ok\n\nnot a comment\n",
     "another PEM label": lambda case: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    "text after a carriage return": lambda case: b"# note\rnot a comment\n" + (case / "signer.key.pub").read_bytes(),
+    "no-break space": lambda case: b"\xa0\n" + (case / "signer.key.pub").read_bytes(),
 }
 
 

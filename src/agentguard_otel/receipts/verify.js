@@ -553,8 +553,9 @@
 
   function onlyComments(name, latin, start, end) {
     let offset = start;
-    for (const line of latin.slice(start, end).split(/(?<=\n)/)) {
-      const text = line.trim();
+    // bytes.splitlines(keepends=True) and bytes.strip(): \n, \r and \r\n end lines; ASCII white space only.
+    for (const line of latin.slice(start, end).match(/[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$/g) || []) {
+      const text = line.replace(/^[ \t\n\r\v\f]+|[ \t\n\r\v\f]+$/g, "");
       if (text && !text.startsWith("#")) {
         const lineNo = latin.slice(0, offset).split("\n").length;
         throw new ConfigError(`${name}:${lineNo}: unexpected text outside a PEM block ` +
