@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from playwright.sync_api import Page
@@ -157,6 +159,11 @@ def test_a_tampered_or_foreign_shared_receipt_fails(old: bytes, new: bytes, reas
     assert stranger.key_id != key.key_id
 
 
+def _public_pem(private: Any) -> bytes:
+    return bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
 BAD_KEY_FILES: dict[str, Any] = {
     "private key": lambda case: (case / "signer.key").read_bytes(),
     "raw seed": lambda case: bytes(range(32)),
@@ -166,6 +173,10 @@ BAD_KEY_FILES: dict[str, Any] = {
     "another PEM label": lambda case: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     "text after a carriage return": lambda case: b"# note\rnot a comment\n" + (case / "signer.key.pub").read_bytes(),
     "no-break space": lambda case: b"\xa0\n" + (case / "signer.key.pub").read_bytes(),
+    "RSA key": lambda case: _public_pem(rsa.generate_private_key(65537, 2048)),
+    "EC key": lambda case: _public_pem(ec.generate_private_key(ec.SECP256R1())),
+    "Ed448 key": lambda case: _public_pem(ed448.Ed448PrivateKey.generate()),
+    "X25519 key": lambda case: _public_pem(x25519.X25519PrivateKey.generate()),
 }
 
 

@@ -542,6 +542,36 @@
   const SPKI_ED25519 = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
   const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n([\s\S]*?)-----END \1-----/g;
 
+  // SubjectPublicKeyInfo algorithm OIDs (hex) -> the key class cryptography names in its refusal.
+  const KEY_TYPES = { "2a864886f70d010101": "RSAPublicKey", "2a8648ce3d0201": "ECPublicKey",
+    "2a8648ce380401": "DSAPublicKey", "2b6571": "Ed448PublicKey", "2b656e": "X25519PublicKey",
+    "2b656f": "X448PublicKey" };
+
+  /** The algorithm OID of a DER SubjectPublicKeyInfo (hex), or "" when it is not one. */
+  function spkiAlgorithm(der) {
+    let at = 0;
+    const header = (tag) => {
+      if (der[at] !== tag) throw new Error("tag");
+      let length = der[at + 1];
+      at += 2;
+      if (length & 0x80) {
+        const count = length & 0x7f;
+        length = 0;
+        for (let k = 0; k < count; k++) length = length * 256 + der[at++];
+      }
+      if (at + length > der.length) throw new Error("length");
+      return length;
+    };
+    try {
+      header(0x30);
+      header(0x30);
+      const length = header(0x06);
+      return hex(der.subarray(at, at + length));
+    } catch (_) {
+      return "";
+    }
+  }
+
   function describe(bytes) {
     if (!bytes.length) return "an empty file";
     let text;
@@ -599,7 +629,9 @@
           throw new ConfigError(`${name}: unreadable PUBLIC KEY block: invalid base64`);
         }
         if (der.length !== 44 || SPKI_ED25519.some((b, i) => der[i] !== b)) {
-          throw new ConfigError(`${name}: found a non-Ed25519 key or an unreadable PUBLIC KEY block; expected Ed25519`);
+          const other = KEY_TYPES[spkiAlgorithm(der)];
+          throw new ConfigError(other ? `${name}: found a non-Ed25519 key (${other}); expected Ed25519`
+            : `${name}: unreadable PUBLIC KEY block: not an Ed25519 SubjectPublicKeyInfo`);
         }
         const raw = der.slice(12);
         const keyId = "ed25519:" + hex(await sha256(raw)).slice(0, 16);
