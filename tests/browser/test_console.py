@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Page
 
 from agentguard_otel.console.server import ConsoleServer
+from agentguard_otel.ledger.report import counter_states
 from agentguard_otel.money import format_usd
 from tests.console.support import XSS_TENANT, Filled, console_for, fill, serving, tampered_copy
 
@@ -39,18 +40,20 @@ def test_spend_page_shows_the_ledgers_figures(page: Page, console: ConsoleServer
                                               watched: list[str]) -> None:
     page.goto(console.url)
     states = {s.key: s for s in filled.guarded.guard.ledger.states()}
+    budget = {s.key: state for s, state in counter_states(filled.guarded.guard.ledger)}
     rows = page.locator("tr[data-counter]")
     assert rows.count() == len(states) == 12
     for i in range(rows.count()):
         row = rows.nth(i)
         state = states[row.get_attribute("data-counter") or ""]
         cells = {name: row.locator(f'td[data-field="{name}"]').inner_text().strip()
-                 for name in ("spent_usd", "held_usd", "limit_usd", "utilization", "window")}
+                 for name in ("spent_usd", "held_usd", "limit_usd", "utilization", "window", "state")}
         assert cells["spent_usd"] == format_usd(state.spent_nano)
         assert cells["held_usd"] == format_usd(state.held_nano)
         assert cells["limit_usd"] == format_usd(state.limit_nano)
         assert cells["utilization"] == f"{(state.spent_nano + state.held_nano) / state.limit_nano:.1%}"
         assert cells["window"].split()[0] == state.window
+        assert cells["state"] == budget[state.key]
     headings = page.locator("h2").all_inner_texts()
     tenants = sorted(["Tenant acme", "Tenant globex", f"Tenant {XSS_TENANT}"])
     assert headings == [*tenants, "Rule everyone (not per tenant)", "Rule team-task (not per tenant)"]

@@ -67,12 +67,17 @@ def test_usage_equals_the_ledger_and_spend_json(filled: Filled, capsys: pytest.C
         assert counter["held_usd"] == exact_usd(state.held_nano)
         assert counter["limit_usd"] == exact_usd(state.limit_nano)
         assert counter["window_start"] == row["window_start"]
+        assert counter["state"] == row["state"]
         assert counter["window"] == state.window
         assert counter["utilization"] == Decimal(repr((state.spent_nano + state.held_nano) / state.limit_nano))
     acme = next(c for c in usage["counters"] if c["counter"] == "tenant-daily#0|tenant=acme")
     # acme: one gpt-4o call and three downgraded to gpt-4o-mini, each settled at its actual cost.
     assert acme["spent_nano"] == 265_000 + 3 * 15_900 and acme["rule_id"] == "tenant-daily"
-    assert acme["window"] == "day" and acme["limit_usd"] == Decimal("0.0012")
+    assert acme["window"] == "day" and acme["limit_usd"] == Decimal("0.0012") and acme["state"] == "active"
+    # globex's third call was refused by the tenant cap; acme's team was downgraded past its cap.
+    assert next(c["state"] for c in usage["counters"] if c["counter"] == "tenant-daily#0|tenant=globex") == "stopped"
+    assert next(c["state"] for c in usage["counters"]
+                if c["counter"] == "team-task#0|team=search|task=rank") == "degraded"
     rolling = next(c for c in usage["counters"] if c["counter"] == "team-task#1|team=search|task=rank")
     assert rolling["window"] == "month" and rolling["window_start"] is None
 

@@ -50,7 +50,9 @@ meter { width: 120px; }
 .tag { display: inline-block; padding: 0 6px; border-radius: 3px; font-size: 12px; font-weight: 600; }
 .a-allow, .s-ok { background: #ddf4e4; color: var(--ok); }
 .a-downgrade, .a-shadow, .s-unverified { background: #fff0d6; color: var(--warn); }
-.a-block, .s-bad { background: #fde2e2; color: var(--bad); }
+.a-block, .s-bad, .b-stopped { background: #fde2e2; color: var(--bad); }
+.b-warned, .b-degraded { background: #fff0d6; color: var(--warn); }
+.b-active { color: var(--muted); }
 form.filters { display: flex; flex-wrap: wrap; gap: 8px; align-items: end; margin: 0 0 12px; }
 form.filters label { display: flex; flex-direction: column; font-size: 12px; color: var(--muted); }
 form.filters input, form.filters select { font: inherit; padding: 3px 6px; min-width: 110px; }
@@ -168,9 +170,10 @@ def spend_body(found: list[Counter]) -> str:
                 f'<td class="num" data-field="spent_usd">{_usd(s.spent_nano)}</td>'
                 f'<td class="num" data-field="held_usd">{_usd(s.held_nano)}</td>'
                 f'<td class="num" data-field="limit_usd">{_usd(s.limit_nano)}</td>'
-                f'<td class="num" data-field="utilization">{meter}</td></tr>')
+                f'<td class="num" data-field="utilization">{meter}</td>'
+                f'<td data-field="state">{_tag(c.budget, "b")}</td></tr>')
         parts.append(f"<h2>{heading}</h2><table><thead><tr><th>scope</th><th>rule, cap</th><th>window</th>"
-                     "<th>spent</th><th>held</th><th>limit</th><th>used (spent + held)</th></tr></thead>"
+                     "<th>spent</th><th>held</th><th>limit</th><th>used (spent + held)</th><th>state</th></tr></thead>"
                      f"<tbody>{''.join(rows)}</tbody></table>")
     return "".join(parts)
 

@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from agentguard_otel.errors import ConfigError, LedgerUnavailable
-from agentguard_otel.ledger import CounterState, SQLiteLedger, open_ledger
+from agentguard_otel.ledger import CounterState, Ledger, SQLiteLedger, open_ledger
+from agentguard_otel.ledger.report import counter_states
 from agentguard_otel.policy import Policy
 
 _IMMUTABLE_TRIES = 5
@@ -44,6 +45,7 @@ class Counter:
     """One counter as the console shows it."""
 
     state: CounterState
+    budget: str  # active | warned | degraded | stopped, as agentguard spend shows it
     rule_id: str | None
     cap_index: int | None
     scope: dict[str, str | None]
@@ -65,8 +67,8 @@ class Counter:
         return {"counter": s.key, "rule_id": self.rule_id, "window": s.window,
                 "window_start": s.window_start.isoformat() if s.window_start else None,
                 "spent_usd": usd(s.spent_nano), "held_usd": usd(s.held_nano), "limit_usd": usd(s.limit_nano),
-                "utilization": self.utilization, "scope": self.scope, "spent_nano": s.spent_nano,
-                "held_nano": s.held_nano, "limit_nano": s.limit_nano}
+                "utilization": self.utilization, "state": self.budget, "scope": self.scope,
+                "spent_nano": s.spent_nano, "held_nano": s.held_nano, "limit_nano": s.limit_nano}
 
 
 def parse_key(key: str) -> tuple[str | None, int | None, dict[str, str | None]]:
@@ -85,15 +87,15 @@ def parse_key(key: str) -> tuple[str | None, int | None, dict[str, str | None]]:
     return rule, int(index), scope
 
 
-def counters(states: list[CounterState], policy: Policy | None = None) -> list[Counter]:
+def counters(states: list[tuple[CounterState, str]], policy: Policy | None = None) -> list[Counter]:
     """The ledger's states with their rule, cap and scope read from the key (and the cap's action and
     reason from ``policy``, when it has that rule and cap)."""
     caps = {(rule.id, i): cap for rule in policy.rules for i, cap in enumerate(rule.caps)} if policy else {}
     found = []
-    for state in states:
+    for state, budget in states:
         rule, index, scope = parse_key(state.key)
         cap = caps.get((rule, index)) if rule is not None and index is not None else None
-        found.append(Counter(state, rule, index, scope, cap.action if cap else None,
+        found.append(Counter(state, budget, rule, index, scope, cap.action if cap else None,
                              cap.reason if cap else None))
     return found
 
@@ -104,8 +106,9 @@ def usage_json(found: list[Counter], tenant: str | None) -> dict[str, Any]:
     return {"tenant": tenant, "counters": [c.as_json() for c in picked]}
 
 
-def read_states(url: str) -> list[CounterState]:
-    """Every counter's current-window totals, without writing the ledger (see the module's text)."""
+def read_states(url: str) -> list[tuple[CounterState, str]]:
+    """Every counter's current-window totals and state, without writing the ledger (see the module's
+    text): what ``agentguard spend`` reads."""
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if sep and scheme == "sqlite":
@@ -117,16 +120,15 @@ def read_states(url: str) -> list[CounterState]:
         with tempfile.TemporaryDirectory(prefix="agentguard-console-") as scratch:
             copy = Path(scratch) / "ledger.db"
             _copy_sqlite(path.resolve(), copy)
-            snapshot = SQLiteLedger(copy)
-            try:
-                return snapshot.states()
-            finally:
-                snapshot.close()
+            return _read(SQLiteLedger(copy))
     if sep and scheme == "memory":
         raise ConfigError("a memory:// ledger lives inside its process: serve reads a sqlite:/// or redis:// ledger")
-    ledger = open_ledger(url, existing=True)
+    return _read(open_ledger(url, existing=True))
+
+
+def _read(ledger: Ledger) -> list[tuple[CounterState, str]]:
     try:
-        return ledger.states()
+        return counter_states(ledger)
     finally:
         ledger.close()
 
