@@ -9,7 +9,6 @@ Decimal's ratio.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -39,19 +38,11 @@ def threshold_label(threshold: Decimal) -> str:
     return format(threshold.normalize(), "f")
 
 
-def reached(thresholds: Iterable[Decimal], used_nano: int, limit_nano: int) -> list[Decimal]:
-    """The thresholds ``used / limit`` has reached, exactly (a zero limit is reached by anything)."""
-    found = []
-    for threshold in thresholds:
-        numerator, denominator = _ratio(threshold)
-        if used_nano * denominator >= numerator * limit_nano:
-            found.append(threshold)
-    return found
-
-
-@functools.lru_cache(maxsize=256)  # a policy has a few thresholds, compared on every reservation
-def _ratio(threshold: Decimal) -> tuple[int, int]:
-    return threshold.as_integer_ratio()
+def reached(thresholds: Iterable[tuple[Decimal, int, int]], used_nano: int, limit_nano: int) -> list[Decimal]:
+    """The thresholds (each with its exact ratio, as ``Cap.thresholds`` gives them) that
+    ``used / limit`` has reached, compared exactly (a zero limit is reached by anything)."""
+    return [threshold for threshold, numerator, denominator in thresholds
+            if used_nano * denominator >= numerator * limit_nano]
 
 
 @dataclass(frozen=True)

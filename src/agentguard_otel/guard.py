@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any, Literal, NoReturn
 from urllib.parse import quote
 
@@ -72,7 +73,7 @@ _SEVERITY: dict[str, int] = {"allow": 0, "shadow": 1, "downgrade": 2, "block": 3
 DEFAULT_TIMEOUT_SECONDS = 600.0
 HOLD_GRACE_SECONDS = 60.0
 MAX_DEFERRED = 10_000  # deferred results this process remembers for a later correction
-MAX_KEPT_SPECS = 65_536  # counter specs kept for reuse (one per cap and caller seen lately)
+MAX_KEPT_SPECS = 65_536  # counter specs, and callers' caps, kept for reuse (per cap and caller seen lately)
 MAX_KNOWN_MARKS = 65_536  # (counter, window) pairs whose marks this process remembers
 
 
@@ -157,6 +158,7 @@ class Guard:
         self._flight_lock = threading.Lock()
         self._deferred: OrderedDict[str, GuardedCall] = OrderedDict()  # response id -> call settled in advance
         self._specs: dict[tuple[str, int, str, bool, bool], CounterSpec] = {}
+        self._by_scope: dict[Scope, tuple[list[Rule], tuple[CapRef, ...], int | None]] = {}
         # (counter, window) -> the marks this process recorded or found there (see _watch)
         self._marks: dict[tuple[str, str], set[str]] = {}
         self.webhook = WebhookSender(policy.alerts.webhook) if policy.alerts.webhook else None
@@ -325,7 +327,7 @@ class Guard:
     def _plan(self, request: LLMRequest, scope: Scope, claim_error: str | None) -> _Plan:
         """Everything the decision needs that the ledger does not say: the rules, the prices of
         every model that may answer, the checks that need no ledger, the caps and the output bound."""
-        rules = self.policy.matching_rules(scope)
+        rules, caps, clamp = self._applicable(scope)
         price, unknown = self._price(request, request.model)
         # OpenRouter-style fallback lists: any candidate may answer, so each must be allowed and the
         # reservation must cover the most expensive one (until a downgrade pins the model).
@@ -333,14 +335,26 @@ class Guard:
         unknown = unknown or any(flag for _, flag in fallbacks)
         candidates = [(request.model, price), *((m, p) for m, (p, _) in zip(request.fallback_models, fallbacks,
                                                                               strict=True))]
-        caps = tuple(CapRef(rule, i, cap, counter_key(rule, i, scope)) for rule in rules
-                     for i, cap in enumerate(rule.caps))
-        clamp = min((r.max_output_tokens for r in rules if r.max_output_tokens is not None), default=None)
         output_bound, inject = self._output_bound(request, clamp, bool(caps))
         return _Plan(request=request, scope=scope, call_id=_new_call_id(), caps=caps, price=price, unknown=unknown,
                      fallback_prices=tuple(p for p, _ in fallbacks), output_bound=output_bound,
                      clamp=output_bound if inject and self.enforcing else None,
                      violation=self._violation(request, scope, rules, candidates, unknown, claim_error))
+
+    def _applicable(self, scope: Scope) -> tuple[list[Rule], tuple[CapRef, ...], int | None]:
+        """The rules matching a caller, their caps with the caller's counters, and the tightest
+        output limit they set: a function of the scope alone (the policy is frozen), kept per scope."""
+        found = self._by_scope.get(scope)
+        if found is None:
+            rules = self.policy.matching_rules(scope)
+            caps = tuple(CapRef(rule, i, cap, counter_key(rule, i, scope)) for rule in rules
+                         for i, cap in enumerate(rule.caps))
+            clamp = min((r.max_output_tokens for r in rules if r.max_output_tokens is not None), default=None)
+            found = (rules, caps, clamp)
+            if len(self._by_scope) >= MAX_KEPT_SPECS:
+                self._by_scope.clear()
+            self._by_scope[scope] = found
+        return found
 
     def _shadow(self, plan: _Plan) -> Decision:
         """Shadow mode: hold everything, enforce nothing, record what enforcement would have done."""
@@ -579,14 +593,17 @@ class Guard:
                 ref = by_counter.get(state.key)
                 if ref is None:
                     continue
-                labels = {threshold_label(t): t for t in reached(ref.cap.thresholds, state.spent_nano + state.held_nano,
-                                                                  state.limit_nano)}
+                labels: dict[str, Decimal | None] = {
+                    threshold_label(t): t
+                    for t in reached(ref.cap.thresholds, state.spent_nano + state.held_nano, state.limit_nano)}
                 trip = TRIPPED.get(ref.cap.action) if state.key in tripped_keys else None
-                if not labels and trip is None:
+                if trip is not None:
+                    labels[trip] = None
+                if not labels:
                     continue
                 window = window_id(state.window_start, ref.cap.window, now)
                 known = self._known_marks(state.key, window)
-                for label in ([trip] if trip else []) + [label for label in labels if label not in known]:
+                for label, threshold in labels.items():
                     if label in known:
                         continue
                     try:
@@ -595,11 +612,11 @@ class Guard:
                         logger.warning("agentguard: could not record a budget mark of %s: %s", state.key, exc)
                         continue
                     known.add(label)
-                    if first and label in labels:
+                    if first and threshold is not None:
                         self._emit(BudgetEvent(
                             counter=state.key, rule_id=ref.rule.id, window=ref.cap.window,
                             window_start=state.window_start.isoformat() if state.window_start else None,
-                            threshold=labels[label], used_nano=state.spent_nano + state.held_nano,
+                            threshold=threshold, used_nano=state.spent_nano + state.held_nano,
                             limit_nano=state.limit_nano, scope=scope.as_dict(), ts=now))
         except Exception:
             logger.exception("agentguard: watching budget thresholds failed")

@@ -186,4 +186,5 @@ def test_bad_alert_settings_fail_at_load_with_the_field(tmp_path: Path) -> None:
        st.decimals(min_value=Decimal("0.0001"), max_value=10, places=4, allow_nan=False))
 def test_a_threshold_is_reached_exactly_when_used_over_limit_reaches_it(used: int, limit: int,
                                                                          threshold: Decimal) -> None:
-    assert (reached([threshold], used, limit) == [threshold]) == (Decimal(used) >= threshold * Decimal(limit))
+    ratio = threshold.as_integer_ratio()
+    assert (reached([(threshold, *ratio)], used, limit) == [threshold]) == (Decimal(used) >= threshold * Decimal(limit))

@@ -224,9 +224,14 @@ def window_id(window_start: datetime | None, window: str | None, now: float) -> 
     rolling one (which never starts), the period of its length that ``now`` falls in, so a threshold
     fires at most once per window length."""
     if window_start is not None:
-        return window_start.isoformat()
+        return _isoformat(window_start)
     length = ROLLING_SECONDS.get(window or "", 0)
     return f"rolling:{int(now // length) * length}" if length else "rolling"
+
+
+@functools.lru_cache(maxsize=1024)  # window starts are few, shared objects (window_start_datetime)
+def _isoformat(moment: datetime) -> str:
+    return moment.isoformat()
 
 
 def mark_ttl(window: str | None) -> float:

@@ -144,9 +144,10 @@ class Cap(BaseModel):
         return usd_to_nano(self.limit_usd, rounding=ROUND_FLOOR)
 
     @cached_property
-    def thresholds(self) -> tuple[Decimal, ...]:
-        """``alert_at`` in ascending order (none for a call window, which keeps no counter)."""
-        return () if self.window == "call" else tuple(sorted(self.alert_at))
+    def thresholds(self) -> tuple[tuple[Decimal, int, int], ...]:
+        """``alert_at`` in ascending order, each with its exact ratio (numerator, denominator); none
+        for a call window, which keeps no counter."""
+        return () if self.window == "call" else tuple((t, *t.as_integer_ratio()) for t in sorted(self.alert_at))
 
 
 class ModelRule(BaseModel):
