@@ -16,6 +16,7 @@
   const SEGMENT = /^(.+)\.(\d+)\.ndjson$/;
   const MAX_KEY_FILE = 1 << 20;
   const YIELD_MS = 30;
+  const BATCH = 256;  // receipts hashed and verified concurrently
   // json.loads raises RecursionError opening the 990th nested container when `agentguard verify` runs
   // it (Python's limit of 1000 frames, less the CLI's own); orjson, tried first, reads up to 1024.
   const STDLIB_DEPTH = 990;
@@ -762,13 +763,29 @@
       this.fail(file, line, null, null, "torn last line");
     }
 
-    async check(receipt, strict, file, line, raw, deep = null) {
+    /** Start the checks of one receipt that need no chain state (hash, key, signature, bytes, fields):
+     * a batch of receipts is hashed and verified concurrently, then ``apply`` takes them in order. */
+    prepare(receipt, strict, raw, deep) {
       const isObject = receipt instanceof Map;
       const chain = isObject ? receipt.get("chain") : null;
       const seq = isObject ? seqOf(receipt, strict) : null;
-      if (typeof chain !== "string" || seq === null) {
-        this.fail(file, line, typeof chain === "string" ? chain : null, null,
-          "malformed receipt: not an object with a string chain and an integer seq");
+      if (typeof chain !== "string" || seq === null) return { chain: typeof chain === "string" ? chain : null, seq: null };
+      const claimed = receipt.has("hash") ? receipt.get("hash") : null;
+      const sig = receipt.has("sig") ? receipt.get("sig") : null;
+      receipt.delete("hash");
+      receipt.delete("sig");
+      const entry = { receipt, chain, seq, claimed, sig, reason: null };
+      entry.done = receiptProblem(receipt, claimed, sig, chain, this.keys, raw, deep).then((reason) => {
+        entry.reason = reason;
+      });
+      return entry;
+    }
+
+    /** Check a prepared receipt (its ``done`` settled) against its chain so far. */
+    apply(entry, file, line) {
+      const { receipt, chain, seq, claimed } = entry;
+      if (seq === null) {
+        this.fail(file, line, chain, null, "malformed receipt: not an object with a string chain and an integer seq");
         return;
       }
       let state = this.chains.get(chain);
@@ -778,13 +795,9 @@
       }
       this.receipts++;
       state.receipts++;
-      const claimed = receipt.has("hash") ? receipt.get("hash") : null;
-      const sig = receipt.has("sig") ? receipt.get("sig") : null;
-      receipt.delete("hash");
-      receipt.delete("sig");
-      const reason = (await receiptProblem(receipt, claimed, sig, chain, this.keys, raw, deep)) ??
-        linkProblem(receipt, seq, state);
+      const reason = entry.reason ?? linkProblem(receipt, seq, state);
       if (reason !== null) this.fail(file, line, chain, seq, reason);
+      // Follow the receipt's own claims so one bad receipt is reported once, not at every later one.
       state.seq = seq;
       state.hash = typeof claimed === "string" ? claimed : "";
       state.file = file;
@@ -899,32 +912,44 @@
     const progress = onProgress || (() => {});
     let done = 0;
     let lastPause = performance.now();
+    let batch = [];  // [file, line, prepared receipt | reason of an unreadable line]
+    const flush = async () => {
+      await Promise.all(batch.map(([, , item]) => item.done));
+      for (const [file, line, item] of batch) {
+        if (typeof item === "string") checker.fail(file, line, null, null, item);
+        else checker.apply(item, file, line);
+      }
+      batch = [];
+    };
     progress(0, total);
     for (const file of ordered) {
       let lineNo = 0;
       for await (const raw of fileLines(file)) {
         lineNo++;
         done += raw.length;
+        if (raw[raw.length - 1] !== 10) {
+          await flush();
+          checker.tornLine(file.name, lineNo);
+          continue;
+        }
+        let item;
+        try {
+          const parsed = parseLine(raw);
+          item = checker.prepare(parsed.value, parsed.strict, raw, parsed.deep);
+        } catch (exc) {
+          if (!(exc instanceof PyError)) throw exc;
+          item = `malformed line: ${exc.message}`;
+        }
+        batch.push([file.name, lineNo, item]);
+        if (batch.length >= BATCH) await flush();
         if (performance.now() - lastPause > YIELD_MS) {
           progress(done, total);
           await pause();
           lastPause = performance.now();
         }
-        if (raw[raw.length - 1] !== 10) {
-          checker.tornLine(file.name, lineNo);
-          continue;
-        }
-        let parsed;
-        try {
-          parsed = parseLine(raw);
-        } catch (exc) {
-          if (!(exc instanceof PyError)) throw exc;
-          checker.fail(file.name, lineNo, null, null, `malformed line: ${exc.message}`);
-          continue;
-        }
-        await checker.check(parsed.value, parsed.strict, file.name, lineNo, raw, parsed.deep);
       }
     }
+    await flush();
     progress(total, total);
     return checker.report();
   }
