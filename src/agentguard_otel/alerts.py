@@ -9,6 +9,7 @@ Decimal's ratio.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -86,11 +87,16 @@ class WebhookSender:
         self._queue: queue.Queue[BudgetEvent | None] = queue.Queue(WEBHOOK_QUEUE)
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._locks = {self._pid: threading.Lock()}  # per process: a fork may copy it held
         self._closed = False
 
+    def _lock(self) -> threading.Lock:
+        pid = os.getpid()
+        lock = self._locks.get(pid)
+        return lock if lock is not None else self._locks.setdefault(pid, threading.Lock())
+
     def send(self, event: BudgetEvent) -> None:
-        with self._lock:
+        with self._lock():
             if self._closed:
                 logger.warning("agentguard: budget event for %s not delivered: the guard is closed", event.counter)
                 return
@@ -107,12 +113,13 @@ class WebhookSender:
 
     def close(self, timeout_seconds: float = WEBHOOK_TIMEOUT_SECONDS * WEBHOOK_ATTEMPTS) -> None:
         """Deliver what waits (within ``timeout_seconds``), then stop the worker."""
-        with self._lock:
+        with self._lock():
             self._closed = True
             worker = self._worker if self._pid == os.getpid() else None
         if worker is None:
             return
-        self._queue.put(None)
+        with contextlib.suppress(queue.Full):  # then the deadline below ends the wait, events undelivered
+            self._queue.put_nowait(None)
         worker.join(timeout_seconds)
         if worker.is_alive():
             logger.warning("agentguard: budget events still waiting for %s were not delivered", self._host)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -17,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentguard_otel import AgentGuardBlocked, scope
-from agentguard_otel.alerts import reached
+from agentguard_otel.alerts import BudgetEvent, WebhookSender, reached
 from agentguard_otel.cli import main as cli
 from agentguard_otel.errors import PolicyError
 from agentguard_otel.ledger import open_ledger
@@ -188,3 +189,24 @@ def test_a_threshold_is_reached_exactly_when_used_over_limit_reaches_it(used: in
                                                                          threshold: Decimal) -> None:
     ratio = threshold.as_integer_ratio()
     assert (reached([(threshold, *ratio)], used, limit) == [threshold]) == (Decimal(used) >= threshold * Decimal(limit))
+
+
+def test_a_forked_child_delivers_its_own_events(tmp_path: Path) -> None:
+    def event(counter: str) -> BudgetEvent:
+        return BudgetEvent(counter=counter, rule_id="r", window="day", window_start=None, threshold=Decimal("0.8"),
+                           used_nano=8, limit_nano=10, scope={"team": "eng"}, ts=0.0)
+
+    with WebhookReceiver() as hook:
+        sender = WebhookSender(hook.url)
+        sender.send(event("parent"))
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's worker thread does not exist here
+            try:
+                sender.send(event("child"))
+                sender.close()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        sender.close()
+        assert sorted(e["counter"] for e in hook.events) == ["child", "parent"]
+        assert hook.events[0]["utilization"] == 0.8 and hook.events[0]["ts"] == "1970-01-01T00:00:00Z"
