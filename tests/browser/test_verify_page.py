@@ -201,6 +201,17 @@ def test_keys_and_expected_heads_the_cli_refuses_are_refused_alike(keys: str | N
     assert (verdict, text) == ("error", expected)
 
 
+def test_without_receipt_files_the_page_asks_for_them(page: Page, page_file: Path, tmp_path: Path) -> None:
+    """Zero receipts would verify (as an empty directory does for the CLI): the page asks instead."""
+    case = tamper.build("valid", tmp_path / "case")
+    page.goto(page_file.as_uri())
+    assert page_verdict(page, tamper.Case([], case.keys))[:2] == ("error", "Pick the receipt segment files first.")
+    page.set_input_files("#keys", [])
+    page.click("#verify")
+    page.wait_for_selector("#verdict:has-text('key')")
+    assert page.inner_text("#verdict") == "Pick the trusted public key file(s) first."
+
+
 def test_the_page_fetches_nothing_and_allows_only_its_own_inline_code(page: Page, page_file: Path) -> None:
     html = verify_page_html()
     assert page_file.read_text(encoding="utf-8") == html

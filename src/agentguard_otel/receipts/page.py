@@ -36,6 +36,8 @@ def verify_page_html() -> str:
     """The whole page: verifier, UI script and style inline, a CSP that permits nothing else."""
     script = verifier_script() + "\n" + _asset("verify_ui.js")
     style = _asset("verify_page.css")
+    if "</" in script or "</" in style:  # would end the inline element early
+        raise ValueError("the verify page's script or style contains '</'")
     csp = (f"default-src 'none'; script-src {_csp_source(script)}; style-src {_csp_source(style)}; "
            "img-src data:; base-uri 'none'; form-action 'none'")
     return (_asset("verify_page.html").replace("{{CSP}}", csp).replace("{{STYLE}}", style)

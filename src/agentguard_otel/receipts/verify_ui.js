@@ -45,6 +45,10 @@
       setVerdict("error", "Pick the trusted public key file(s) first.");
       return;
     }
+    if (!logFiles.length && shared === null) {  // zero receipts would verify: say what is missing instead
+      setVerdict("error", "Pick the receipt segment files first.");
+      return;
+    }
     setVerdict(null, "");
     verdict.textContent = "verifying…";
     try {
