@@ -35,8 +35,10 @@ WEBHOOK_QUEUE = 1000  # events waiting for delivery; past that, new ones are log
 
 
 def threshold_label(threshold: Decimal) -> str:
-    """A threshold as a mark label: its shortest exact text (``0.8``, ``1``)."""
-    return format(threshold.normalize(), "f")
+    """A threshold as a mark label: its exact text without trailing zeros (``0.8``, ``1``); never
+    rounded, so two thresholds never share a label."""
+    text = format(threshold, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def reached(thresholds: Iterable[tuple[Decimal, int, int]], used_nano: int, limit_nano: int) -> list[Decimal]:
@@ -55,25 +57,40 @@ class BudgetEvent:
     window: str
     window_start: str | None  # ISO 8601; None for a rolling window
     threshold: Decimal
-    used_nano: int
+    spent_nano: int
+    held_nano: int
     limit_nano: int
     scope: Mapping[str, str | None]
     ts: float
 
     @property
-    def utilization(self) -> float:
-        return self.used_nano / self.limit_nano if self.limit_nano else float("inf")
+    def utilization(self) -> float | None:
+        """(spent + held) / limit; None for a zero limit (JSON has no infinity)."""
+        return (self.spent_nano + self.held_nano) / self.limit_nano if self.limit_nano else None
 
     def as_json(self) -> dict[str, Any]:
         """The webhook's JSON object (USD amounts and shares are numbers for people and dashboards;
-        the ledger and the comparison stay exact)."""
+        the ledger and the comparison stay exact). ``spent_usd`` is spent + held, what the threshold
+        is reached by; ``held_usd`` says how much of it is still held by calls in flight."""
+        utilization = self.utilization
         return {
             "counter": self.counter, "rule_id": self.rule_id, "window": self.window,
             "window_start": self.window_start, "threshold": float(self.threshold),
-            "utilization": round(self.utilization, 6), "spent_usd": nano_to_usd(self.used_nano),
+            "utilization": None if utilization is None else round(utilization, 6),
+            "spent_usd": nano_to_usd(self.spent_nano + self.held_nano), "held_usd": nano_to_usd(self.held_nano),
             "limit_usd": nano_to_usd(self.limit_nano), "scope": dict(self.scope),
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.ts)),
         }
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: urllib would follow it as a GET without the event."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
 
 
 class WebhookSender:
@@ -105,11 +122,11 @@ class WebhookSender:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="agentguard-webhook", daemon=True)
                 self._worker.start()
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            logger.warning("agentguard: budget event for %s not delivered to %s: %d events already wait",
-                           event.counter, self._host, WEBHOOK_QUEUE)
+            try:
+                self._queue.put_nowait(event)
+            except queue.Full:
+                logger.warning("agentguard: budget event for %s not delivered to %s: %d events already wait",
+                               event.counter, self._host, WEBHOOK_QUEUE)
 
     def close(self, timeout_seconds: float = WEBHOOK_TIMEOUT_SECONDS * WEBHOOK_ATTEMPTS) -> None:
         """Deliver what waits (within ``timeout_seconds``), then stop the worker."""
@@ -118,14 +135,22 @@ class WebhookSender:
             worker = self._worker if self._pid == os.getpid() else None
         if worker is None:
             return
-        with contextlib.suppress(queue.Full):  # then the deadline below ends the wait, events undelivered
+        with contextlib.suppress(queue.Full):  # the worker then stops once the queue is empty
             self._queue.put_nowait(None)
         worker.join(timeout_seconds)
         if worker.is_alive():
             logger.warning("agentguard: budget events still waiting for %s were not delivered", self._host)
 
     def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
+        while True:
+            try:
+                event = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if self._closed:
+                    return
+                continue
+            if event is None:
+                return
             self._deliver(event)
 
     def _deliver(self, event: BudgetEvent) -> None:
@@ -138,13 +163,13 @@ class WebhookSender:
                                              headers={"Content-Type": "application/json",
                                                       "User-Agent": "agentguard-otel"})
             try:
-                with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
+                with _OPENER.open(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as response:
                     response.read()
                 return
             except urllib.error.HTTPError as exc:
                 why = f"HTTP {exc.code}"
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    break  # the receiver refuses this event: asking again changes nothing
+                if 300 <= exc.code < 500 and exc.code not in (408, 429):
+                    break  # refused, or redirected (following drops the body): asking again changes nothing
             except Exception as exc:  # a refused connection, a timeout, a reset: try again
                 why = type(exc).__name__
         logger.warning("agentguard: budget event for %s (threshold %s) not delivered to %s: %s",

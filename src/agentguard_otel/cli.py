@@ -267,6 +267,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from agentguard_otel.console.server import Console, ConsoleServer
+    from agentguard_otel.console.usage import shown_url
     from agentguard_otel.policy import load_policy
     from agentguard_otel.receipts import load_public_keys
 
@@ -284,7 +285,7 @@ def _serve(args: argparse.Namespace) -> int:
                       key_pems=[(path.name, path.read_text(encoding="utf-8")) for path in key_paths],
                       policy=load_policy(Path(args.policy)) if args.policy else None)
     server = ConsoleServer(console, args.host, args.port, args.auth_token)
-    print(f"agentguard console: {server.url} (read-only; ledger {console.ledger}; receipts "
+    print(f"agentguard console: {server.url} (read-only; ledger {shown_url(console.ledger)}; receipts "
           f"{', '.join(str(p) for p in receipts)}){' — requests need the auth token' if args.auth_token else ''}",
           flush=True)
     try:

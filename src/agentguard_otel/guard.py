@@ -176,13 +176,16 @@ class Guard:
                 return
         self._close_now()
 
-    def _close_now(self) -> None:
+    def _close_now(self, wait_for_webhook: bool = True) -> None:
         try:
             self.receipts.close()
         finally:
             try:
                 if self.webhook is not None:
-                    self.webhook.close()
+                    if wait_for_webhook:
+                        self.webhook.close()
+                    else:  # delivered by a thread of its own, which the interpreter waits for at exit
+                        threading.Thread(target=self.webhook.close, name="agentguard-webhook-close").start()
             finally:
                 self.ledger.close()
 
@@ -190,8 +193,11 @@ class Guard:
         with self._flight_lock:
             self._in_flight -= 1
             last = self._closing and not self._in_flight
-        if last:
-            self._close_now()
+        if last:  # the last call of a closed guard, on its caller's thread: nothing here may reach the caller
+            try:
+                self._close_now(wait_for_webhook=False)
+            except Exception:
+                logger.exception("agentguard: closing the guard after its last call failed")
 
     def awaits(self, response_id: str) -> bool:
         """Whether a call of this process settled in advance waits for this response's usage."""
@@ -601,7 +607,7 @@ class Guard:
                     labels[trip] = None
                 if not labels:
                     continue
-                window = window_id(state.window_start, ref.cap.window, now)
+                window = window_id(state.window_start, ref.cap.window, state.limit_nano, now)
                 known = self._known_marks(state.key, window)
                 for label, threshold in labels.items():
                     if label in known:
@@ -616,7 +622,7 @@ class Guard:
                         self._emit(BudgetEvent(
                             counter=state.key, rule_id=ref.rule.id, window=ref.cap.window,
                             window_start=state.window_start.isoformat() if state.window_start else None,
-                            threshold=threshold, used_nano=state.spent_nano + state.held_nano,
+                            threshold=threshold, spent_nano=state.spent_nano, held_nano=state.held_nano,
                             limit_nano=state.limit_nano, scope=scope.as_dict(), ts=now))
         except Exception:
             logger.exception("agentguard: watching budget thresholds failed")
@@ -645,7 +651,7 @@ class Guard:
             ref = by_counter.get(s.key)
             if ref is None:
                 continue
-            marks = self._marks.get((s.key, window_id(s.window_start, ref.cap.window, now)), ())
+            marks = self._marks.get((s.key, window_id(s.window_start, ref.cap.window, s.limit_nano, now)), ())
             labels = tuple((name, value) for name in ref.rule.per_fields
                            if name in METRIC_SCOPE_FIELDS and (value := scope.get(name)) is not None)
             found.append(BudgetReading(s.key, ref.rule.id, ref.cap.window, s.spent_nano + s.held_nano, s.limit_nano,

@@ -389,7 +389,7 @@ class Telemetry:
                 "agentguard.rule.id": event.rule_id,
                 "agentguard.cap.window": event.window,
                 "agentguard.budget.threshold": body["threshold"],
-                "agentguard.budget.utilization": body["utilization"],
+                **({} if body["utilization"] is None else {"agentguard.budget.utilization": body["utilization"]}),
             },
         ))
 

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentguard_otel import AgentGuardBlocked, scope
-from agentguard_otel.alerts import BudgetEvent, WebhookSender, reached
+from agentguard_otel.alerts import BudgetEvent, WebhookSender, reached, threshold_label
 from agentguard_otel.cli import main as cli
+from agentguard_otel.console.usage import shown_url
 from agentguard_otel.errors import PolicyError
 from agentguard_otel.ledger import open_ledger
+from agentguard_otel.ledger.base import window_id, zone
 from agentguard_otel.ledger.report import counter_states
 from agentguard_otel.policy import load_policy
 from agentguard_otel.receipts import SigningKey
@@ -194,7 +197,7 @@ def test_a_threshold_is_reached_exactly_when_used_over_limit_reaches_it(used: in
 def test_a_forked_child_delivers_its_own_events(tmp_path: Path) -> None:
     def event(counter: str) -> BudgetEvent:
         return BudgetEvent(counter=counter, rule_id="r", window="day", window_start=None, threshold=Decimal("0.8"),
-                           used_nano=8, limit_nano=10, scope={"team": "eng"}, ts=0.0)
+                           spent_nano=6, held_nano=2, limit_nano=10, scope={"team": "eng"}, ts=0.0)
 
     with WebhookReceiver() as hook:
         sender = WebhookSender(hook.url)
@@ -210,3 +213,42 @@ def test_a_forked_child_delivers_its_own_events(tmp_path: Path) -> None:
         sender.close()
         assert sorted(e["counter"] for e in hook.events) == ["child", "parent"]
         assert hook.events[0]["utilization"] == 0.8 and hook.events[0]["ts"] == "1970-01-01T00:00:00Z"
+
+
+def test_a_redirect_is_not_followed_and_the_event_is_reported_undelivered(caplog: pytest.LogCaptureFixture) -> None:
+    event = BudgetEvent(counter="c", rule_id="r", window="day", window_start=None, threshold=Decimal("0.8"),
+                        spent_nano=0, held_nano=0, limit_nano=0, scope={}, ts=0.0)
+    assert event.as_json()["utilization"] is None  # a zero limit: JSON has no infinity
+    with WebhookReceiver(refuse_first=99, status=302) as hook, \
+            caplog.at_level(logging.WARNING, logger="agentguard_otel.alerts"):
+        sender = WebhookSender(hook.url)
+        sender.send(event)
+        sender.close()
+        assert hook.attempts == 1 and hook.events == []
+    assert any("HTTP 302" in r.getMessage() for r in caplog.records)
+
+
+def test_labels_and_window_ids_never_merge_what_differs() -> None:
+    assert threshold_label(Decimal("0.80")) == "0.8" and threshold_label(Decimal("1E+1")) == "10"
+    assert threshold_label(Decimal("0.5000000000000000000000000000001")) != threshold_label(Decimal("0.5"))
+    new_york = zone("America/New_York")
+    first, repeated = (datetime(2024, 11, 3, 1, tzinfo=new_york, fold=fold) for fold in (0, 1))
+    assert window_id(first, "hour", 10, 0) != window_id(repeated, "hour", 10, 0)  # the DST fall-back hour twice
+    utc = datetime(2024, 11, 3, 5, tzinfo=zone("UTC"))
+    assert utc.timestamp() == first.timestamp() and window_id(utc, "hour", 10, 0) != window_id(first, "hour", 10, 0)
+    assert window_id(utc, "day", 10, 0) != window_id(utc, "day", 20, 0)  # a raised limit is watched afresh
+    assert shown_url("redis://user:s3cret@10.0.0.1:6379/0") == "redis://user:***@10.0.0.1:6379/0"
+    assert shown_url("sqlite:////var/lib/ledger.db") == "sqlite:////var/lib/ledger.db"
+
+
+def test_a_limit_raised_mid_window_fires_its_thresholds_again(server: Any, guarded: GuardFactory) -> None:
+    bound, cost = _bound_and_cost(guarded, server)
+    raised = (cost + bound) * 5 // 4  # the second call, on the first one's spend, reaches 80 % of it
+    with WebhookReceiver() as hook:
+        for limit in (bound, raised):
+            handle = guarded(_policy(limit, hook.url, "downgrade"))
+            with scope(team="eng"):
+                _chat(server)
+            handle.instrumentor.uninstrument()
+        assert [(e["threshold"], e["limit_usd"]) for e in hook.events] == [
+            (0.8, bound / 1e9), (1.0, bound / 1e9), (0.8, raised / 1e9)]

@@ -1,5 +1,9 @@
 """A real Chromium (Debian's ``chromium``, driven by Playwright; no browser is downloaded) for the pages
-the project ships: a session-wide browser, and a fresh context and page per test."""
+the project ships: a browser per test module, and a fresh context and page per test.
+
+Playwright's sync API runs an event loop on the calling thread while it is open: a browser kept for
+the whole session would make every later ``asyncio.run`` in the suite fail. A module's browser is
+closed, and its loop with it, before the next module's tests run."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Chromium from the system package (.ci/run installs it): missing is a failure, not a skip."""
     executable = CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")

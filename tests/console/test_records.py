@@ -3,11 +3,12 @@ read by type, decisions joined to their settlement and adjustment."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
-from agentguard_otel.console.records import Entry, calls, entries, newest, receipt_files
-from agentguard_otel.receipts import ReceiptWriter, SigningKey
+from agentguard_otel.console.records import Entry, Verdicts, calls, chains, entries, newest, receipt_files
+from agentguard_otel.receipts import ReceiptWriter, SigningKey, load_public_keys
 
 
 def _writer(tmp_path: Path) -> ReceiptWriter:
@@ -57,3 +58,23 @@ def test_newest_streams_a_large_log(tmp_path: Path) -> None:
     assert [e.text("call_id") for e in found] == [f"{i:08d}" for i in range(19_999, 19_994, -1)]
     assert peak < size // 20  # a few lines at a time, not the log
     assert all(isinstance(e, Entry) for e in found)
+
+
+def test_a_line_written_after_its_chain_was_verified_is_not_called_ok(tmp_path: Path) -> None:
+    key = SigningKey.generate(tmp_path / "k.key")
+    writer = ReceiptWriter(tmp_path / "receipts", key)
+    writer.append("decision", {"call_id": "a", "action": "allow"})
+    verdicts = Verdicts(load_public_keys([tmp_path / "k.key.pub"]))
+    files = receipt_files([tmp_path / "receipts"])
+    verdicts.report(chains(files)[0])  # verified (and kept) while the log holds one line
+    writer.append("decision", {"call_id": "b", "action": "allow"})
+    stamp = [(p, p.stat()) for p in files]
+    for path, before in stamp:  # an mtime put back does not hide the change: the ctime moved
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    judge = verdicts.judge(files)
+    assert [judge(e)["status"] for e in entries(files)] == ["ok", "ok"]
+    cached = Verdicts(verdicts.keys)
+    cached._cache = {name: (stamp_, report, {k: 1 for k in counted})  # as if the stat could not tell
+                     for name, (stamp_, report, counted) in verdicts._cache.items()}
+    assert [cached.judge(files)(e)["status"] for e in entries(files)] == ["ok", "unverified"]
+    writer.close()

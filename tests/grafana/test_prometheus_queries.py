@@ -308,3 +308,18 @@ def test_burn_rate_horizon_ends_where_the_guards_next_window_starts(prometheus: 
         end = now + int(left)
         assert window_slot(window, "UTC", False, end).start == end, (window, now, left)
         assert window_slot(window, "UTC", False, end - 1).start == window_slot(window, "UTC", False, now).start
+
+
+def test_the_exhausted_alert_fires_once_its_minute_has_passed(prometheus: Prometheus) -> None:
+    """The shipped rule, unchanged, on the real Prometheus: pending until its ``for: 1m`` has passed,
+    then firing, with the series' labels (the warning's 5 minutes are left to promtool's tests)."""
+    def exhausted() -> list[dict[str, Any]]:
+        alerts = prometheus.api("alerts")["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "AgentGuardBudgetExhausted"]
+
+    _wait_for(lambda: [a["state"] for a in exhausted()] == ["firing"], "AgentGuardBudgetExhausted firing", timeout=90)
+    (alert,) = exhausted()
+    assert alert["labels"]["agentguard_counter"] == "summaries#1" and alert["labels"]["severity"] == "critical"
+    rows = prometheus.query(load_generator().budget_alerts_expr())
+    assert ("AgentGuardBudgetExhausted", "firing", "summaries#1") in {
+        (r["metric"]["alertname"], r["metric"]["alertstate"], r["metric"]["agentguard_counter"]) for r in rows}

@@ -106,34 +106,39 @@ class Verdicts:
     def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
         self.keys = dict(keys)
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, ...], tuple[tuple[tuple[int, int, int], ...], VerifyReport]] = {}
+        self._cache: dict[tuple[str, ...], tuple[tuple[tuple[int, ...], ...], VerifyReport, dict[str, int]]] = {}
 
-    def report(self, group: list[Path]) -> VerifyReport:
-        """The verifier's report on one chain's files."""
+    def report(self, group: list[Path]) -> tuple[VerifyReport, dict[str, int]]:
+        """The verifier's report on one chain's files, and how many lines of each file it vouches
+        for: those counted before it ran (a line appended since is not verified yet)."""
         name = tuple(str(path) for path in group)
-        stamp = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in (path.stat() for path in group))
+        # ctime too: utime can put an mtime back after an edit in place, nothing puts a ctime back
+        stamp = tuple((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in (path.stat() for path in group))
         with self._lock:
             cached = self._cache.get(name)
         if cached is not None and cached[0] == stamp:
-            return cached[1]
+            return cached[1], cached[2]
+        counted = {str(path): _whole_lines(path) for path in group}
         report = verify(group, self.keys)
         with self._lock:
-            self._cache[name] = (stamp, report)
-        return report
+            self._cache[name] = (stamp, report, counted)
+        return report, counted
 
     def judge(self, files: Iterable[Path]) -> Callable[[Entry], Status]:
         """A function giving each line of ``files`` its status (see the module's text)."""
-        places: dict[str, tuple[int, VerifyReport, list[Path]]] = {}
+        places: dict[str, tuple[int, VerifyReport, list[Path], int]] = {}
         for group in chains(files):
-            report = self.report(group)
+            report, counted = self.report(group)
             for index, path in enumerate(group):
-                places[str(path)] = (index, report, group)
+                places[str(path)] = (index, report, group, counted[str(path)])
 
         def status(entry: Entry) -> Status:
             place = places.get(entry.file)
             if place is None:
                 return {"status": "unverified", "reason": "not in the verified files"}
-            index, report, group = place
+            index, report, group, vouched = place
+            if entry.line > vouched:
+                return {"status": "unverified", "reason": "written after its chain was verified"}
             error = report.first_error
             if error is None:
                 return {"status": "ok", "reason": None}
@@ -145,6 +150,12 @@ class Verdicts:
             return {"status": "unverified", "reason": f"after the chain's failure at {error['file']}:{error['line']}"}
 
         return status
+
+
+def _whole_lines(path: Path) -> int:
+    """The lines of a file as it is now (a torn last line counts: verify reports it)."""
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
 
 
 def newest(files: list[Path], match: Callable[[Entry], bool], limit: int) -> list[Entry]:

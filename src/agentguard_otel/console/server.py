@@ -37,7 +37,7 @@ from agentguard_otel.console.records import (
     receipt_files,
     view,
 )
-from agentguard_otel.console.usage import Counter, counters, read_states, usage_json
+from agentguard_otel.console.usage import Counter, counters, read_states, shown_url, usage_json
 from agentguard_otel.errors import AgentGuardError
 from agentguard_otel.policy import Policy
 from agentguard_otel.receipts.page import verify_page_html
@@ -77,7 +77,7 @@ class Console:
 
     def footer(self) -> str:
         where = ", ".join(str(p) for p in self.receipts) or "none"
-        return pages.esc(f"ledger {self.ledger} · receipts {where} · trusted keys "
+        return pages.esc(f"ledger {shown_url(self.ledger)} · receipts {where} · trusted keys "
                         f"{', '.join(sorted(self.keys)) or 'none'} · read-only")
 
 
@@ -186,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         files, judge = console.judged()
         summary = []
         for group in chains(files):
-            report = console.verdicts.report(group)
+            report, _ = console.verdicts.report(group)
             error = report.first_error
             status: Status = {"status": "ok", "reason": None} if error is None else {
                 "status": "bad", "reason": f"{error['file']}:{error['line']} seq {error['seq']}: {error['reason']}"}

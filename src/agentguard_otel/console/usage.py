@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from agentguard_otel.errors import ConfigError, LedgerUnavailable
 from agentguard_otel.ledger import CounterState, Ledger, SQLiteLedger, open_ledger
@@ -104,6 +104,16 @@ def usage_json(found: list[Counter], tenant: str | None) -> dict[str, Any]:
     """``GET /api/usage``: the counters of ``tenant`` (every counter when None)."""
     picked = found if tenant is None else [c for c in found if c.tenant == tenant]
     return {"tenant": tenant, "counters": [c.as_json() for c in picked]}
+
+
+def shown_url(url: str) -> str:
+    """A ledger URL as the console shows it: without the password a ``redis://`` URL may carry."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def read_states(url: str) -> list[tuple[CounterState, str]]:

@@ -219,24 +219,23 @@ def counter_state(labels: Iterable[str]) -> str:
     return "active"
 
 
-def window_id(window_start: datetime | None, window: str | None, now: float) -> str:
-    """The identity of a counter's current window, for marks: its start for a calendar window; for a
-    rolling one (which never starts), the period of its length that ``now`` falls in, so a threshold
-    fires at most once per window length."""
+def window_id(window_start: datetime | None, window: str | None, limit_nano: int, now: float) -> str:
+    """The identity of a counter's current window for marks, with the limit in force (a limit
+    raised mid-window watches its thresholds afresh): the window's start for a calendar window; for
+    a rolling one, which never starts, the period of its length since the epoch that ``now`` falls
+    in (a threshold fires at most once per such period, on the guard host's clock)."""
     if window_start is not None:
-        return _isoformat(window_start)
-    length = ROLLING_SECONDS.get(window or "", 0)
-    return f"rolling:{int(now // length) * length}" if length else "rolling"
-
-
-@functools.lru_cache(maxsize=1024)  # window starts are few, shared objects (window_start_datetime)
-def _isoformat(moment: datetime) -> str:
-    return moment.isoformat()
+        start = window_start.isoformat()  # the offset tells the two hours of a DST fall-back apart
+    else:
+        length = ROLLING_SECONDS.get(window or "", 0)
+        start = f"rolling:{int(now // length) * length}" if length else "rolling"
+    return f"{start}/{limit_nano}"
 
 
 def mark_ttl(window: str | None) -> float:
-    """How long a mark is kept: past the end of the longest window of its kind, whatever its start."""
-    return 2.0 * ROLLING_SECONDS.get(window or "", ROLLING_SECONDS["month"]) + HOLD_RETENTION_SECONDS
+    """How long a mark is kept: past the end of the window it was made in (twice the longest window
+    of its kind, whatever the mark's instant in it), with a margin for host clocks."""
+    return 2.0 * ROLLING_SECONDS.get(window or "", ROLLING_SECONDS["month"]) + 3600.0
 
 
 def new_hold_id() -> str:

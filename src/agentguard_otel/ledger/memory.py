@@ -190,6 +190,9 @@ class MemoryLedger(Ledger):
             found = (key, window, label)
             if self._marks.get(found, now) > now:
                 return False
+            # marks are rare (a few per counter and window): forgetting the expired ones here keeps them bounded
+            for old in [where for where, expires_at in self._marks.items() if expires_at <= now]:
+                del self._marks[old]
             self._marks[found] = now + ttl_seconds
             return True
 

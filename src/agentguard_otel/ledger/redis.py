@@ -502,8 +502,11 @@ class RedisLedger(Ledger):
     def mark(self, key: str, window: str, label: str, ttl_seconds: float) -> bool:
         check_ttl(ttl_seconds)
         name = f"{self._prefix}k:{_MARK_SEPARATOR.join((window, label, key))}"
+        token = new_hold_id()  # whose mark it is: a SET retried after a lost reply still knows it won
         try:
-            return bool(self._client.set(name, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))
+            if self._client.set(name, token, nx=True, px=max(1, int(ttl_seconds * 1000))):
+                return True
+            return bool(self._client.get(name) == token)
         except redis.RedisError as exc:
             raise LedgerUnavailable(f"Redis ledger {self._where}: {type(exc).__name__}: {exc}") from exc
 

@@ -20,7 +20,7 @@ def counter_states(ledger: Ledger, key_prefix: str = "") -> list[tuple[CounterSt
     marks in the ledger say."""
     marks = ledger.marks(key_prefix)
     now = time.time()
-    return [(s, counter_state(marks.get((s.key, window_id(s.window_start, s.window, now)), ())))
+    return [(s, counter_state(marks.get((s.key, window_id(s.window_start, s.window, s.limit_nano, now)), ())))
             for s in ledger.states(key_prefix)]
 
 

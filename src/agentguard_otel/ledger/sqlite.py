@@ -47,7 +47,7 @@ from agentguard_otel.ledger.base import (
     window_start_datetime,
 )
 
-SCHEMA_VERSION = 3  # 2: settled_holds, 3: marks (older files gain the tables on open)
+SCHEMA_VERSION = 2  # 2: settled_holds (version 1 files gain the table on open)
 
 # Money columns are INTEGER nano-USD; times are REAL seconds since the epoch.
 # - counters: one row per (key, window_start); ``held`` is the sum of the live holds on it. A
@@ -92,14 +92,16 @@ _SCHEMA = (
         settled_at REAL NOT NULL,
         counters TEXT NOT NULL
     ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS marks (
+)
+# Added without a schema version: a process of an older release sharing the file keeps working (it
+# ignores the table), so every connection creates it if it is missing.
+_MARKS_TABLE = """CREATE TABLE IF NOT EXISTS marks (
         key TEXT NOT NULL,
         window TEXT NOT NULL,
         label TEXT NOT NULL,
         expires_at REAL NOT NULL,
         PRIMARY KEY (key, window, label)
-    ) WITHOUT ROWID""",
-)
+    ) WITHOUT ROWID"""
 
 _CounterId = tuple[str, int]
 
@@ -424,6 +426,7 @@ class SQLiteLedger(Ledger):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             self._ensure_schema(conn)
+            conn.execute(_MARKS_TABLE)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"cannot open SQLite ledger {self._path}: {exc}") from exc
         self._local.handle = handle

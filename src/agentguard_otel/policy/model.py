@@ -95,6 +95,8 @@ def _check_webhook(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("webhook must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("webhook must not carry user:password@ (put a token in its path or query)")
     return url
 
 
