@@ -192,6 +192,9 @@ def test_get_only_and_own_host_only(filled: Filled) -> None:
         assert get(server, "/api/usage", method="POST")[0] == 405
         assert get(server, "/api/usage", method="DELETE")[0] == 405
         assert get(server, "/api/usage", {"Host": "attacker.example"})[0] == 421
+        for site in ("cross-site", "same-site"):  # another site's page, through the user's browser
+            assert get(server, "/api/usage", {"Sec-Fetch-Site": site})[0] == 403
+        assert get(server, "/api/usage", {"Sec-Fetch-Site": "same-origin"})[0] == 200
         assert get(server, "/api/usage", {"Host": f"localhost:{server.server_address[1]}"})[0] == 200
         assert get(server, "/nothing")[0] == 404
 

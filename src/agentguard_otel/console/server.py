@@ -121,6 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: ConsoleServer
     server_version = "agentguard-console"
     sys_version = ""
+    timeout = 30  # seconds a client may take to send its request: a silent one does not keep a thread
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -149,6 +150,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
     def _allowed(self, query: Mapping[str, str], api: bool) -> bool:
+        # A page of another site may make the browser send requests here (with the loopback Host): a
+        # browser says so in Sec-Fetch-Site, and the console answers only its own pages and people.
+        if self.headers.get("Sec-Fetch-Site", "none").lower() not in ("same-origin", "none"):
+            self._error(HTTPStatus.FORBIDDEN, "the console answers requests from its own pages only", api)
+            return False
         token = self.server.token
         if token is None:
             if self.headers.get("Host", "").lower() not in self.server.hosts:
