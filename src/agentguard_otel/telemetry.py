@@ -62,7 +62,7 @@ class BudgetReading:
     window: str
     used_nano: int
     limit_nano: int
-    state: str = "active"  # see alerts.STATES
+    state: str = "active"  # see ledger.base.STATES
     scope_labels: tuple[tuple[str, str], ...] = ()  # the scope fields the counter is kept per
 
     @property
