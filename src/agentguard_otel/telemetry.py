@@ -22,7 +22,14 @@ from opentelemetry.metrics import get_meter
 
 # Bound here, at import: an application (or its tests) replacing these module functions changes
 # nothing of what the guard does (the global provider itself is still followed, see Telemetry.tracer).
-from opentelemetry.trace import SpanKind, Status, StatusCode, get_tracer_provider, set_span_in_context
+from opentelemetry.trace import (
+    SpanKind,
+    Status,
+    StatusCode,
+    get_current_span,
+    get_tracer_provider,
+    set_span_in_context,
+)
 
 from agentguard_otel.alerts import BudgetEvent
 from agentguard_otel.call import Decision, LLMRequest, ResponseInfo
@@ -132,7 +139,7 @@ class CallSpan:
                 if context.is_valid:
                     self._ids = {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
                 else:
-                    outer = trace.get_current_span().get_span_context()
+                    outer = get_current_span().get_span_context()
                     if outer.is_valid:
                         self._ids["trace_id"] = f"{outer.trace_id:032x}"
             except Exception:  # a broken tracer leaves the receipt unlinked, never the call unguarded
