@@ -226,10 +226,10 @@ def verify_claim(token: str, issuers: Mapping[str, Ed25519PublicKey], scope: Sco
         payload = json.loads(body)
         claim = CapabilityClaim(issuer=str(payload["iss"]), capability=str(payload["cap"]),
                                 scope={str(k): str(v) for k, v in dict(payload["scope"]).items()},
-                                not_before=int(payload["nbf"]), expires=int(payload["exp"]),
+                                not_before=_whole(payload["nbf"]), expires=_whole(payload["exp"]),
                                 claim_id=str(payload["jti"]))
         canonical = rfc8785.dumps(claim.payload()) == body and payload.get("v") == 1
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise ClaimRefused("capability claim is malformed") from exc
     key = issuers.get(claim.issuer)
     if key is None:
@@ -246,6 +246,13 @@ def verify_claim(token: str, issuers: Mapping[str, Ed25519PublicKey], scope: Sco
     if mismatched:
         raise ClaimRefused(f"capability claim {claim.claim_id!r} is bound to another {', '.join(mismatched)}")
     return claim
+
+
+def _whole(value: object) -> int:
+    """A JSON integer (an instant): a float such as ``1e400``, which is infinity, is no instant."""
+    if type(value) is not int:
+        raise ValueError("not an integer")
+    return value
 
 
 def _b64(data: bytes) -> str:

@@ -4,6 +4,7 @@ binds matches the call's; anything else blocks with the reason."""
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,14 @@ def test_claim_tokens_round_trip_and_any_altered_byte_is_refused(bound: dict[str
     if altered != token:
         with pytest.raises(ClaimRefused):
             verify_claim(altered, issuers, caller, now)
+
+
+@pytest.mark.parametrize("expires", ["1E400", "1796156787.5", "true", "[1]", "9" * 5000])
+def test_a_signed_claim_whose_instants_are_not_integers_is_malformed(expires: str, tmp_path: Any) -> None:
+    """The property test above found an altered byte turning exp into 1E400 (infinity): refused, never raised."""
+    signing = SigningKey.generate(tmp_path / "k.key")
+    body = b'{"cap":"data_write","exp":' + expires.encode() + b',"iss":"idp","jti":"c","nbf":1,"scope":{},"v":1}'
+    encoded = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+    signature = base64.urlsafe_b64encode(signing.sign(body)).rstrip(b"=").decode()
+    with pytest.raises(ClaimRefused, match="malformed"):
+        verify_claim(f"agc1.{encoded}.{signature}", {"idp": signing.public_key}, Scope(), 2)
