@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -73,8 +73,21 @@ _SEVERITY: dict[str, int] = {"allow": 0, "shadow": 1, "downgrade": 2, "block": 3
 DEFAULT_TIMEOUT_SECONDS = 600.0
 HOLD_GRACE_SECONDS = 60.0
 MAX_DEFERRED = 10_000  # deferred results this process remembers for a later correction
-MAX_KEPT_SPECS = 65_536  # counter specs, and callers' caps, kept for reuse (per cap and caller seen lately)
-MAX_KNOWN_MARKS = 65_536  # (counter, window) pairs whose marks this process remembers
+MAX_KEPT = 65_536  # entries of each per-caller cache (counter specs, callers' caps, known marks)
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _kept(cache: dict[_K, _V], key: _K, build: Callable[[], _V]) -> _V:
+    """``cache[key]``, built on first use; a full cache starts over (what it forgets is built again)."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= MAX_KEPT:
+            cache.clear()
+        found = cache[key] = build()
+    return found
 
 
 def _new_call_id() -> str:
@@ -350,17 +363,14 @@ class Guard:
     def _applicable(self, scope: Scope) -> tuple[list[Rule], tuple[CapRef, ...], int | None]:
         """The rules matching a caller, their caps with the caller's counters, and the tightest
         output limit they set: a function of the scope alone (the policy is frozen), kept per scope."""
-        found = self._by_scope.get(scope)
-        if found is None:
+        def build() -> tuple[list[Rule], tuple[CapRef, ...], int | None]:
             rules = self.policy.matching_rules(scope)
             caps = tuple(CapRef(rule, i, cap, counter_key(rule, i, scope)) for rule in rules
                          for i, cap in enumerate(rule.caps))
-            clamp = min((r.max_output_tokens for r in rules if r.max_output_tokens is not None), default=None)
-            found = (rules, caps, clamp)
-            if len(self._by_scope) >= MAX_KEPT_SPECS:
-                self._by_scope.clear()
-            self._by_scope[scope] = found
-        return found
+            return rules, caps, min((r.max_output_tokens for r in rules if r.max_output_tokens is not None),
+                                    default=None)
+
+        return _kept(self._by_scope, scope, build)
 
     def _shadow(self, plan: _Plan) -> Decision:
         """Shadow mode: hold everything, enforce nothing, record what enforcement would have done."""
@@ -563,15 +573,10 @@ class Guard:
     def _spec(self, ref: CapRef, enforce: bool) -> CounterSpec:
         """The counter of a cap for this caller; built (and validated) once per counter and kept,
         as the same few counters are reserved against call after call."""
-        key = (ref.counter, ref.cap.limit_nano, ref.cap.window, ref.cap.rolling, enforce)
-        spec = self._specs.get(key)
-        if spec is None:
-            spec = CounterSpec(key=ref.counter, limit_nano=ref.cap.limit_nano, window=ref.cap.window,  # type: ignore[arg-type]
-                               rolling=ref.cap.rolling, timezone=self.policy.timezone, enforce=enforce)
-            if len(self._specs) >= MAX_KEPT_SPECS:
-                self._specs.clear()
-            self._specs[key] = spec
-        return spec
+        return _kept(self._specs, (ref.counter, ref.cap.limit_nano, ref.cap.window, ref.cap.rolling, enforce),
+                     lambda: CounterSpec(key=ref.counter, limit_nano=ref.cap.limit_nano,
+                                         window=ref.cap.window,  # type: ignore[arg-type]
+                                         rolling=ref.cap.rolling, timezone=self.policy.timezone, enforce=enforce))
 
     @staticmethod
     def _cap_reason(ref: CapRef) -> str:
@@ -608,7 +613,7 @@ class Guard:
                 if not labels:
                     continue
                 window = window_id(state.window_start, ref.cap.window, state.limit_nano, now)
-                known = self._known_marks(state.key, window)
+                known = _kept(self._marks, (state.key, window), set)  # a forgotten mark is asked again: once
                 for label, threshold in labels.items():
                     if label in known:
                         continue
@@ -626,14 +631,6 @@ class Guard:
                             limit_nano=state.limit_nano, scope=scope.as_dict(), ts=now))
         except Exception:
             logger.exception("agentguard: watching budget thresholds failed")
-
-    def _known_marks(self, counter: str, window: str) -> set[str]:
-        known = self._marks.get((counter, window))
-        if known is None:
-            if len(self._marks) >= MAX_KNOWN_MARKS:
-                self._marks.clear()  # forgotten marks are asked of the ledger again: still once each
-            known = self._marks[(counter, window)] = set()
-        return known
 
     def _emit(self, event: BudgetEvent) -> None:
         self.telemetry.emit_budget_event(event)
