@@ -11,14 +11,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
-from opentelemetry.metrics import get_meter
+from opentelemetry.metrics import CallbackOptions, Observation, get_meter
 
 # Bound here, at import: an application (or its tests) replacing these module functions changes
 # nothing of what the guard does (the global provider itself is still followed, see Telemetry.tracer).
@@ -75,6 +77,50 @@ class BudgetReading:
     @property
     def utilization(self) -> float:
         return self.used_nano / self.limit_nano if self.limit_nano > 0 else 1.0
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"agentguard.counter": self.counter, "agentguard.rule.id": self.rule_id,
+                "agentguard.cap.window": self.window,
+                **{BAGGAGE_PREFIX + name: value for name, value in self.scope_labels}}
+
+
+class BudgetSeries:
+    """The latest reading of each cap counter, which the budget gauges observe when metrics are
+    collected: a call writes one dict entry per counter instead of recording two gauge points, and
+    the cost of the labels is paid once per export, not per call. Holds at most ``LIMIT`` counters
+    (the SDK's own cardinality limit), forgetting the one read longest ago."""
+
+    LIMIT = 2000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[str, BudgetReading] = {}
+
+    def update(self, readings: Sequence[BudgetReading]) -> None:
+        with self._lock:
+            latest = self._latest
+            for reading in readings:
+                latest.pop(reading.counter, None)
+                latest[reading.counter] = reading
+            while len(latest) > self.LIMIT:
+                del latest[next(iter(latest))]
+
+    def _readings(self) -> list[BudgetReading]:
+        with self._lock:
+            return list(self._latest.values())
+
+    def utilization(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(r.utilization, r.labels) for r in self._readings()]
+
+    def states(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(STATES.index(r.state), r.labels) for r in self._readings()]
+
+
+# A meter returns the instrument it already has for a name, with the callbacks it was first given:
+# every Telemetry on one meter (a guard built again after uninstrument()) shares that gauge's series.
+_SERIES: weakref.WeakKeyDictionary[Any, BudgetSeries] = weakref.WeakKeyDictionary()
+_SERIES_LOCK = threading.Lock()
 
 
 def contained(method: _F) -> _F:
@@ -193,13 +239,17 @@ class Telemetry:
             "agentguard.cost", unit="USD", description="Actual cost of guarded calls, as settled.")
         self.decisions = meter.create_counter(
             "agentguard.decisions", unit="{decision}", description="Guard decisions by action.")
-        self.utilization = meter.create_gauge(
-            "agentguard.budget.utilization", unit="1",
-            description="Share of a cap's limit spent or held in its current window (0..1, may exceed 1).")
-        self.budget_state = meter.create_gauge(
-            "agentguard.budget.state", unit="1",
-            description="A cap counter's state in its current window: 0 active, 1 warned (an alert_at threshold "
-                        "reached), 2 degraded (a downgrade cap tripped), 3 stopped (a block cap tripped).")
+        series = BudgetSeries()
+        with _SERIES_LOCK:
+            utilization = meter.create_observable_gauge(
+                "agentguard.budget.utilization", callbacks=[series.utilization], unit="1",
+                description="Share of a cap's limit spent or held in its current window (0..1, may exceed 1).")
+            self.budget = _SERIES.setdefault(utilization, series)
+            meter.create_observable_gauge(
+                "agentguard.budget.state", callbacks=[self.budget.states], unit="1",
+                description="A cap counter's state in its current window: 0 active, 1 warned (an alert_at "
+                            "threshold reached), 2 degraded (a downgrade cap tripped), 3 stopped (a block cap "
+                            "tripped).")
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -334,7 +384,7 @@ class Telemetry:
         if settled.provider_model_mismatch:
             cost_attrs["agentguard.provider_model_mismatch"] = True
         self.cost.add(nano_to_usd(settled.actual_nano), cost_attrs)
-        self._record_budget(settled.budget)
+        self.budget.update(settled.budget)
         if settled.error_type is not None:
             status = f" (HTTP {settled.http_status})" if settled.http_status is not None else ""
             call.fail(settled.error_type, f"{settled.error_type}{status}")
@@ -345,7 +395,7 @@ class Telemetry:
     def on_adjustment(self, budget: Sequence[BudgetReading]) -> None:
         """A deferred call's settlement was corrected (its receipt is logged like any other): the
         budget gauges move; ``agentguard.cost`` counted the reservation and, a counter, stays."""
-        self._record_budget(budget)
+        self.budget.update(budget)
 
     # -- logs -------------------------------------------------------------------------------
 
@@ -368,17 +418,6 @@ class Telemetry:
         ))
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _record_budget(self, budget: Sequence[BudgetReading]) -> None:
-        for reading in budget:
-            labels = {
-                "agentguard.counter": reading.counter,
-                "agentguard.rule.id": reading.rule_id,
-                "agentguard.cap.window": reading.window,
-                **{BAGGAGE_PREFIX + name: value for name, value in reading.scope_labels},
-            }
-            self.utilization.set(reading.utilization, labels)
-            self.budget_state.set(STATES.index(reading.state), labels)
 
     @contained
     def emit_budget_event(self, event: BudgetEvent) -> None:
