@@ -172,8 +172,8 @@ class Guard:
         self._deferred: OrderedDict[str, GuardedCall] = OrderedDict()  # response id -> call settled in advance
         self._specs: dict[tuple[str, int, str, bool, bool], CounterSpec] = {}
         self._by_scope: dict[Scope, tuple[list[Rule], tuple[CapRef, ...], int | None]] = {}
-        # (counter, window) -> the marks this process recorded or found there (see _watch)
-        self._marks: dict[tuple[str, str], set[str]] = {}
+        # counter -> (its current window, the marks this process recorded or found there; see _watch)
+        self._marks: dict[str, tuple[str, set[str]]] = {}
         self.webhook = WebhookSender(policy.alerts.webhook) if policy.alerts.webhook else None
 
     @property
@@ -613,7 +613,12 @@ class Guard:
                 if not labels:
                     continue
                 window = window_id(state.window_start, ref.cap.window, state.limit_nano, now)
-                known = _kept(self._marks, (state.key, window), set)  # a forgotten mark is asked again: once
+                current = self._marks.get(state.key)
+                if current is None or current[0] != window:  # a forgotten mark is asked again: once
+                    if len(self._marks) >= MAX_KEPT:
+                        self._marks.clear()
+                    current = self._marks[state.key] = (window, set())
+                known = current[1]
                 for label, threshold in labels.items():
                     if label in known:
                         continue
@@ -648,7 +653,9 @@ class Guard:
             ref = by_counter.get(s.key)
             if ref is None:
                 continue
-            marks = self._marks.get((s.key, window_id(s.window_start, ref.cap.window, s.limit_nano, now)), ())
+            current = self._marks.get(s.key)  # the window's id is formatted only for a counter with marks
+            marks = current[1] if current is not None and current[0] == window_id(
+                s.window_start, ref.cap.window, s.limit_nano, now) else ()
             labels = tuple((name, value) for name in ref.rule.per_fields
                            if name in METRIC_SCOPE_FIELDS and (value := scope.get(name)) is not None)
             found.append(BudgetReading(s.key, ref.rule.id, ref.cap.window, s.spent_nano + s.held_nano, s.limit_nano,

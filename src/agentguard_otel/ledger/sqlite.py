@@ -274,7 +274,7 @@ class SQLiteLedger(Ledger):
 
     def settle(self, hold_id: str, actual_nano: int, *, adjustable: bool = False) -> tuple[CounterState, ...]:
         check_nano(actual_nano, "actual_nano")
-        with self._transaction() as tx:
+        with self._transaction(expire=False) as tx:
             taken = _take_hold(tx.conn, hold_id)
             if taken is None:
                 return ()
@@ -304,7 +304,7 @@ class SQLiteLedger(Ledger):
             return _spend_on(tx.conn, live, actual_nano - amount, 0, settled_at, tx.now) if live else ()
 
     def release(self, hold_id: str) -> None:
-        with self._transaction() as tx:
+        with self._transaction(expire=False) as tx:
             taken = _take_hold(tx.conn, hold_id)
             if taken is None:
                 return
@@ -340,7 +340,7 @@ class SQLiteLedger(Ledger):
 
     def mark(self, key: str, window: str, label: str, ttl_seconds: float) -> bool:
         check_ttl(ttl_seconds)
-        with self._transaction() as tx:
+        with self._transaction(expire=False) as tx:
             tx.conn.execute("DELETE FROM marks WHERE key = ? AND window = ? AND label = ? AND expires_at <= ?",
                             (key, window, label, tx.now))
             cursor = tx.conn.execute("INSERT OR IGNORE INTO marks VALUES (?, ?, ?, ?)",
@@ -366,15 +366,18 @@ class SQLiteLedger(Ledger):
         self._local = threading.local()
 
     @contextmanager
-    def _transaction(self) -> Iterator[_Tx]:
+    def _transaction(self, *, expire: bool = True) -> Iterator[_Tx]:
         """One immediate transaction. ``now`` is read once the write lock is held, so it is never
-        older than the state it is compared with; holds expired by then are taken off first."""
+        older than the state it is compared with; holds expired by then are taken off first, unless
+        the outcome does not depend on them (``expire=False``: settling or releasing one hold, or
+        marking, ends the same with or without the sweep, which the next reservation or read makes)."""
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 tx = _Tx(conn, self._clock())
-                self._expire(tx)
+                if expire:
+                    self._expire(tx)
                 yield tx
             except BaseException:
                 if conn.in_transaction:  # some errors (e.g. a full disk) already rolled back
