@@ -89,7 +89,7 @@ class BudgetSeries:
     """The latest reading of each cap counter, which the budget gauges observe when metrics are
     collected: a call writes one dict entry per counter instead of recording two gauge points, and
     the cost of the labels is paid once per export, not per call. Holds at most ``LIMIT`` counters
-    (the SDK's own cardinality limit), forgetting the one read longest ago."""
+    (the SDK's own cardinality limit), forgetting the one updated longest ago."""
 
     LIMIT = 2000
 

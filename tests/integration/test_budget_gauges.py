@@ -43,7 +43,7 @@ def test_separate_meter_providers_keep_separate_series(otel: Otel) -> None:
     assert set(_gauges(otel, "agentguard.budget.utilization")) == {"mine"}
 
 
-def test_the_series_forgets_the_counter_read_longest_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_series_forgets_the_counter_updated_longest_ago(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(BudgetSeries, "LIMIT", 3)
     series = BudgetSeries()
     for name in ("a", "b", "c"):
