@@ -166,6 +166,21 @@ def test_settling_an_expired_hold_still_records_the_spend(ledger: Ledger, clock:
     assert spent_held(ledger, "k") == (750, 0)
 
 
+def test_settling_or_releasing_an_expired_hold_no_sweep_has_seen_ends_as_after_a_sweep(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # settle and release may run before any sweep took the expired holds off (SQLite sweeps only
+    # when reserving and reading): the counters must end as they would after one
+    cap = CounterSpec("k", 1_000, "day")
+    settled, released, lapsed = (ledger.reserve([cap], 300, 10).hold_id for _ in range(3))
+    assert settled is not None and released is not None and lapsed is not None
+    clock.advance(30)
+    assert [(s.spent_nano, s.held_nano) for s in ledger.settle(settled, 250)] in ([(250, 600)], [(250, 0)])
+    ledger.release(released)
+    assert ledger.settle(settled, 250) == ()
+    assert spent_held(ledger, "k") == (250, 0)  # the third hold lapsed: its amount is no longer held
+    assert ledger.reserve([cap], 750, TTL).admitted
+
+
 def test_late_settlement_lands_in_the_window_the_hold_was_made_in(ledger: Ledger, clock: FakeClock) -> None:
     clock.set_local("Europe/Berlin", 2024, 5, 15, 23, 59, 50)
     cap = CounterSpec("k", 1_000, "day", timezone="Europe/Berlin")
