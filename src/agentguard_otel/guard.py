@@ -81,13 +81,17 @@ _V = TypeVar("_V")
 
 
 def _kept(cache: dict[_K, _V], key: _K, build: Callable[[], _V]) -> _V:
-    """``cache[key]``, built on first use; a full cache starts over (what it forgets is built again)."""
+    """``cache[key]``, built on first use."""
     found = cache.get(key)
-    if found is None:
-        if len(cache) >= MAX_KEPT:
-            cache.clear()
-        found = cache[key] = build()
-    return found
+    return found if found is not None else _keep(cache, key, build())
+
+
+def _keep(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    """Store ``value`` at ``key``; a full cache starts over (what it forgets is built again)."""
+    if len(cache) >= MAX_KEPT and key not in cache:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _new_call_id() -> str:
@@ -615,9 +619,7 @@ class Guard:
                 window = window_id(state.window_start, ref.cap.window, state.limit_nano, now)
                 current = self._marks.get(state.key)
                 if current is None or current[0] != window:  # a forgotten mark is asked again: once
-                    if len(self._marks) >= MAX_KEPT:
-                        self._marks.clear()
-                    current = self._marks[state.key] = (window, set())
+                    current = _keep(self._marks, state.key, (window, set()))
                 known = current[1]
                 for label, threshold in labels.items():
                     if label in known:
