@@ -18,7 +18,7 @@ import pytest
 
 import agentguard_otel
 from agentguard_otel.demo.routing import local_openrouter_client
-from agentguard_otel.demo.server import REPLY_SENTENCE, DemoServer, reply_text
+from agentguard_otel.demo.server import REPLY_SENTENCE, DemoServer, _DemoHTTPServer, reply_text
 
 from .support import API_KEY, MODEL, USER, USER_PROMPT_TOKENS
 
@@ -120,3 +120,17 @@ def test_main_serves_until_interrupted() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_client_hanging_up_is_not_reported_other_errors_are(capsys: pytest.CaptureFixture[str]) -> None:
+    http_server = _DemoHTTPServer(("127.0.0.1", 0), DemoServer())
+    try:
+        for error, reported in ((ConnectionResetError(104, "Connection reset by peer"), False),
+                                (BrokenPipeError(32, "Broken pipe"), False), (ValueError("a bug"), True)):
+            try:
+                raise error
+            except Exception:
+                http_server.handle_error(None, ("127.0.0.1", 1))
+            assert (type(error).__name__ in capsys.readouterr().err) is reported, error
+    finally:
+        http_server.server_close()
