@@ -798,9 +798,6 @@ class GuardedCall:
         try:
             if hold is not None and source == "none":
                 guard.ledger.release(hold)
-            elif hold is not None and not deferred and actual <= self.decision.estimated_nano:
-                # frees budget, so it may land late (no threshold can be reached by it)
-                guard.ledger.settle_soon(hold, actual, self._report_settled)
             elif hold is not None:
                 states = guard.ledger.settle(hold, actual, adjustable=deferred)
         except LedgerUnavailable as err:
@@ -847,15 +844,6 @@ class GuardedCall:
             error_type=type(exc).__qualname__ if exc is not None else None, http_status=status,
             provider_model_mismatch=body["provider_model_mismatch"]))
 
-    def _report_settled(self, states: tuple[CounterState, ...]) -> None:
-        """The budget gauges of a settlement the ledger applied when it suited it (maybe on another
-        thread, after another call's transaction)."""
-        try:
-            guard = self.guard
-            guard.telemetry.on_budget(guard.readings(self.decision.caps, states, self.scope))
-        except Exception:
-            logger.exception("agentguard: reporting the settlement of call %s failed", self.decision.call_id)
-
     def adjust(self, info: ResponseInfo) -> None:
         """Correct a deferred settlement (made at the reservation) to the cost the result reports."""
         guard = self.guard
@@ -878,7 +866,7 @@ class GuardedCall:
             "usage": _usage_dict(info.usage),
         }, self.span)
         guard._watch(self.decision.caps, states, self.scope)
-        guard.telemetry.on_budget(guard.readings(self.decision.caps, states, self.scope))
+        guard.telemetry.on_adjustment(guard.readings(self.decision.caps, states, self.scope))
 
     def _mismatch(self, info: ResponseInfo, actual: int) -> bool:
         answered = info.response_model

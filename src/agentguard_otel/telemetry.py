@@ -392,10 +392,9 @@ class Telemetry:
             call.end()
 
     @contained
-    def on_budget(self, budget: Sequence[BudgetReading]) -> None:
-        """Counters moved after a call's own report: a deferred result corrected its settlement (its
-        receipt is logged like any other; ``agentguard.cost`` counted the reservation and, a counter,
-        stays), or the ledger applied a settlement late. The budget gauges move."""
+    def on_adjustment(self, budget: Sequence[BudgetReading]) -> None:
+        """A deferred call's settlement was corrected (its receipt is logged like any other): the
+        budget gauges move; ``agentguard.cost`` counted the reservation and, a counter, stays."""
         self.budget.update(budget)
 
     # -- logs -------------------------------------------------------------------------------

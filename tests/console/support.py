@@ -74,7 +74,6 @@ def fill(guarded: Any, server: Any, tracer: Any | None = None, ledger: str | Non
     else:
         with tracer.start_as_current_span("agent run"):
             run()
-    handle.guard.ledger.flush()  # at rest: what another reader of the ledger sees holds every settlement
     return Filled(ledger or f"sqlite:///{handle.home / 'ledger.db'}", handle.home / "ledger.db",
                   handle.home / "receipts", Path(f"{handle.key_path}.pub"), handle)
 

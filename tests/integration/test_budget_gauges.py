@@ -19,8 +19,8 @@ def test_a_guard_built_again_on_the_same_meter_reports_through_the_first_gauge(o
     first = Telemetry(meter_provider=otel.meter_provider)
     second = Telemetry(meter_provider=otel.meter_provider)
     assert second.budget is first.budget
-    first.on_budget([BudgetReading("c1", "team", "day", 5, 10)])
-    second.on_budget([BudgetReading("c1", "team", "day", 7, 10, state="warned"),
+    first.on_adjustment([BudgetReading("c1", "team", "day", 5, 10)])
+    second.on_adjustment([BudgetReading("c1", "team", "day", 7, 10, state="warned"),
                           BudgetReading("c2", "team", "month", 30, 10, state="stopped",
                                         scope_labels=(("team", "eng"),))])
     utilization = _gauges(otel, "agentguard.budget.utilization")
@@ -38,8 +38,8 @@ def test_separate_meter_providers_keep_separate_series(otel: Otel) -> None:
     other_reader = InMemoryMetricReader()
     other = Telemetry(meter_provider=MeterProvider(metric_readers=[other_reader]))
     mine = Telemetry(meter_provider=otel.meter_provider)
-    other.on_budget([BudgetReading("theirs", "r", "day", 1, 10)])
-    mine.on_budget([BudgetReading("mine", "r", "day", 2, 10)])
+    other.on_adjustment([BudgetReading("theirs", "r", "day", 1, 10)])
+    mine.on_adjustment([BudgetReading("mine", "r", "day", 2, 10)])
     assert set(_gauges(otel, "agentguard.budget.utilization")) == {"mine"}
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from agentguard_otel.ledger import CounterSpec, CounterState
+from agentguard_otel.ledger import CounterSpec
 from agentguard_otel.ledger.base import ROLLING_SECONDS
 
 from .conftest import LEDGER_FACTORIES, FakeClock, local
@@ -47,7 +47,6 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open: dict[str, ModelHold] = {}
         self.spent = {spec.key: 0 for spec in COUNTERS}
         self.events: list[tuple[float, int]] = []  # settled spend of the rolling counter
-        self.soon: list[tuple[list[tuple[CounterState, ...]], list[tuple[str, int, int]]]] = []
 
     def teardown(self) -> None:
         self.ledger.close()
@@ -80,32 +79,20 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open[result.hold_id] = ModelHold(amount, self.clock.now + ttl, tuple(c.key for c in chosen))
         return result.hold_id
 
-    def settled(self, hold: str, actual: int) -> list[tuple[str, int, int]]:
-        """The model after settling ``hold``: the (key, spent, held) the ledger should report."""
+    @rule(hold=holds, actual=st.integers(0, 600))
+    def settle(self, hold: str, actual: int) -> None:
         known = self.open.pop(hold, None)
+        states = self.ledger.settle(hold, actual)
         if known is None:
-            return []
+            assert states == ()
+            return
         for key in known.keys:
             if key == "rolling":
                 self.events.append((self.clock.now, actual))
             else:
                 self.spent[key] += actual
-        return [(key, self.model_spent(key), self.live_held(key)) for key in known.keys]
-
-    @rule(hold=holds, actual=st.integers(0, 600))
-    def settle(self, hold: str, actual: int) -> None:
-        states = self.ledger.settle(hold, actual)
-        assert [(s.key, s.spent_nano, s.held_nano) for s in states] == self.settled(hold, actual)
-
-    @rule(hold=holds, share=st.integers(0, 100))
-    def settle_soon(self, hold: str, share: int) -> None:
-        """A settlement of at most the hold, applied when the backend likes (here: by the next
-        operation at the latest, which the invariant's read is), at the clock of that moment."""
-        known = self.open.get(hold)
-        actual = (known.amount if known else 100) * share // 100
-        told: list[tuple[CounterState, ...]] = []
-        self.ledger.settle_soon(hold, actual, told.append)
-        self.soon.append((told, self.settled(hold, actual)))
+        assert [(s.key, s.spent_nano, s.held_nano) for s in states] == [
+            (key, self.model_spent(key), self.live_held(key)) for key in known.keys]
 
     @rule(hold=holds)
     def release(self, hold: str) -> None:
@@ -126,9 +113,6 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def totals_match_the_model(self) -> None:
         shown = {s.key: s for s in self.ledger.states()}
-        for told, expected in self.soon:  # applied once, before the read, and reported once
-            assert [[(s.key, s.spent_nano, s.held_nano) for s in states] for states in told] == [expected]
-        self.soon.clear()
         for spec in COUNTERS:
             state = shown.get(spec.key)
             spent, held = (state.spent_nano, state.held_nano) if state else (0, 0)

@@ -105,10 +105,6 @@ class CounterState:
     window: str | None = field(default=None, compare=False)
 
 
-OnSettled = Callable[[tuple[CounterState, ...]], None]
-"""Told the counters of a settlement made by :meth:`Ledger.settle_soon`."""
-
-
 @dataclass(frozen=True)
 class Reservation:
     """Outcome of :meth:`Ledger.reserve`."""
@@ -275,16 +271,6 @@ class Ledger(ABC):
     def settle(self, hold_id: str, actual_nano: int, *, adjustable: bool = False) -> tuple[CounterState, ...]:
         """Replace the hold by the actual cost (which may exceed it). ``adjustable``: remember
         what was settled where (for :data:`ADJUSTABLE_SECONDS`) so :meth:`adjust` can correct it."""
-
-    def settle_soon(self, hold_id: str, actual_nano: int, then: OnSettled) -> None:
-        """Settle when it suits the backend, then pass the counters as settled to ``then`` (which must
-        not raise). Only for ``actual_nano`` no more than the hold: until then the hold counts in
-        full, so a late settlement keeps budget held longer and never admits more than a cap. Here
-        at once; the SQLite ledger folds it into its next transaction (see there)."""
-        then(self.settle(hold_id, actual_nano))
-
-    def flush(self) -> None:  # noqa: B027 - a backend without a queue has nothing to apply
-        """Apply every settlement :meth:`settle_soon` left waiting in this process (none here)."""
 
     @abstractmethod
     def adjust(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:

@@ -10,22 +10,12 @@ gets its own connection: SQLite connections must not cross a ``fork()``.
 The hot path is a few statements that touch few pages (each written page costs a WAL frame at
 commit): one multi-row select of the counters, then, if admitted, one multi-row upsert and one
 insert of the hold. Statements avoid ``RETURNING``, which costs several times a plain statement.
-
-A settlement that frees budget (:meth:`SQLiteLedger.settle_soon`) waits in this process for the next
-transaction of any of its threads, which applies it first, so a guarded call pays for one
-transaction, not two; a flusher thread applies what waited :data:`FLUSH_SECONDS`, and ``close()``
-(hence ``uninstrument()``) and interpreter exit apply the rest. A hold settles once: applying a
-settlement deletes its hold in the same transaction. A forked child forgets its parent's queue (the
-parent applies it). Until then the hold counts in full; a process killed meanwhile loses those
-settlements, and their holds expire as a crashed call's do.
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -46,7 +36,6 @@ from agentguard_otel.ledger.base import (
     CounterSpec,
     CounterState,
     Ledger,
-    OnSettled,
     Reservation,
     assess,
     check_counters,
@@ -116,13 +105,6 @@ _MARKS_TABLE = """CREATE TABLE IF NOT EXISTS marks (
 
 _CounterId = tuple[str, int]
 
-#: The longest a settlement waits for a transaction to carry it before the flusher applies it.
-FLUSH_SECONDS = 0.05
-#: A flusher with nothing to do for this long ends (the next queued settlement starts another).
-_FLUSHER_IDLE_SECONDS = 1.0
-
-logger = logging.getLogger(__name__)
-
 
 @functools.lru_cache(maxsize=32)
 def _matching(count: int) -> str:
@@ -176,19 +158,6 @@ def _take_hold(conn: sqlite3.Connection, hold_id: str) -> tuple[int, list[_Count
             conn.execute(f"DELETE FROM {table} WHERE hold_id = ?", (hold_id,))
             return hold[0], [(key, start) for key, start in json.loads(hold[1])]
     return None
-
-
-def _settle_in(tx: _Tx, hold_id: str, actual_nano: int, adjustable: bool) -> tuple[CounterState, ...]:
-    taken = _take_hold(tx.conn, hold_id)
-    if taken is None:
-        return ()
-    held_part, placed = taken
-    if not placed:
-        return ()
-    if adjustable:
-        tx.conn.execute("INSERT OR REPLACE INTO settled_holds VALUES (?, ?, ?, ?)",
-                        (hold_id, actual_nano, tx.now, json.dumps(placed)))
-    return _spend_on(tx.conn, placed, actual_nano, held_part, tx.now, tx.now)
 
 
 def _spend_on(conn: sqlite3.Connection, placed: Sequence[_CounterId], amount: int, held_part: int,
@@ -251,31 +220,8 @@ class _Tx:
     now: float
 
 
-@dataclass(frozen=True)
-class _Soon:
-    """A settlement waiting for a transaction: the hold, its cost, whom to tell, when it was queued
-    (``time.monotonic``)."""
-
-    hold_id: str
-    actual_nano: int
-    then: OnSettled
-    queued: float
-
-
-# Every ledger of this process with a queue, for the fork and exit hooks.
-_QUEUES: weakref.WeakSet[SQLiteLedger] = weakref.WeakSet()
-
-
 class SQLiteLedger(Ledger):
     """Ledger in one SQLite file; every call is a single short write transaction."""
-
-    # The queue of settle_soon(), made anew in a forked child (see _new_queue).
-    _queue: list[_Soon]
-    _queue_lock: threading.Lock
-    _queue_changed: threading.Condition
-    _flusher: threading.Thread | None
-    _flusher_idle: bool
-    _closed: bool
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Clock = time.time,
                  busy_timeout_seconds: float = 30.0) -> None:
@@ -286,7 +232,6 @@ class SQLiteLedger(Ledger):
         self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._open_lock = threading.Lock()
         self._next_gc = 0.0
-        self._new_queue()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -330,18 +275,16 @@ class SQLiteLedger(Ledger):
     def settle(self, hold_id: str, actual_nano: int, *, adjustable: bool = False) -> tuple[CounterState, ...]:
         check_nano(actual_nano, "actual_nano")
         with self._transaction(expire=False) as tx:
-            return _settle_in(tx, hold_id, actual_nano, adjustable)
-
-    def settle_soon(self, hold_id: str, actual_nano: int, then: OnSettled) -> None:
-        check_nano(actual_nano, "actual_nano")
-        with self._queue_lock:
-            self._queue.append(_Soon(hold_id, actual_nano, then, time.monotonic()))
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_when_due, name="agentguard-ledger-flush",
-                                                 daemon=True)
-                self._flusher.start()
-            elif self._flusher_idle:  # a flusher waiting for its next deadline needs no wake-up
-                self._queue_changed.notify()
+            taken = _take_hold(tx.conn, hold_id)
+            if taken is None:
+                return ()
+            held_part, placed = taken
+            if not placed:
+                return ()
+            if adjustable:
+                tx.conn.execute("INSERT OR REPLACE INTO settled_holds VALUES (?, ?, ?, ?)",
+                                (hold_id, actual_nano, tx.now, json.dumps(placed)))
+            return _spend_on(tx.conn, placed, actual_nano, held_part, tx.now, tx.now)
 
     def adjust(self, hold_id: str, actual_nano: int) -> tuple[CounterState, ...]:
         check_nano(actual_nano, "actual_nano")
@@ -415,13 +358,6 @@ class SQLiteLedger(Ledger):
         return {where: frozenset(labels) for where, labels in found.items()}
 
     def close(self) -> None:
-        with self._queue_lock:
-            self._closed = True
-            self._queue_changed.notify()
-            flusher = self._flusher
-        if flusher is not None and flusher is not threading.current_thread():
-            flusher.join()  # its connection is closed below: it must be out of any transaction
-        self.flush()
         with self._open_lock:
             owned = [handle for handle in self._open if handle.pid == os.getpid()]
             self._open.clear()
@@ -436,92 +372,20 @@ class SQLiteLedger(Ledger):
         the outcome does not depend on them (``expire=False``: settling or releasing one hold, or
         marking, ends the same with or without the sweep, which the next reservation or read makes)."""
         conn = self._connection()
-        carried: list[tuple[_Soon, tuple[CounterState, ...]]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 tx = _Tx(conn, self._clock())
-                self._carry(tx, carried)
                 if expire:
                     self._expire(tx)
                 yield tx
-                conn.execute("COMMIT")
             except BaseException:
-                # Back in the queue while this transaction still holds the write lock: whichever
-                # transaction takes the lock next applies them.
-                self._requeue([soon for soon, _ in carried])
                 if conn.in_transaction:  # some errors (e.g. a full disk) already rolled back
                     conn.execute("ROLLBACK")
                 raise
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(f"SQLite ledger {self._path}: {exc}") from exc
-        for soon, states in carried:
-            try:
-                soon.then(states)
-            except Exception:
-                logger.exception("agentguard: reporting a settlement of hold %s failed", soon.hold_id)
-
-    def flush(self) -> None:
-        """Apply the queue now (any transaction does, and ``close()``)."""
-        with self._queue_lock:
-            if not self._queue:
-                return
-        with self._transaction(expire=False):
-            pass
-
-    def _carry(self, tx: _Tx, carried: list[tuple[_Soon, tuple[CounterState, ...]]]) -> None:
-        """Apply the queued settlements in this transaction (taken once its write lock is held, so
-        any transaction that begins after ``settle_soon`` returned sees them applied)."""
-        with self._queue_lock:
-            if not self._queue:
-                return
-            queue, self._queue = self._queue, []
-        for position, soon in enumerate(queue):
-            try:
-                carried.append((soon, _settle_in(tx, soon.hold_id, soon.actual_nano, False)))
-            except sqlite3.Error:
-                self._requeue(queue[position + 1:])
-                raise
-            except Exception:  # a damaged hold row: dropped like a synchronous settle's would be
-                logger.exception("agentguard: settling hold %s failed; it expires on its own", soon.hold_id)
-
-    def _requeue(self, queue: list[_Soon]) -> None:
-        if queue:
-            with self._queue_lock:
-                self._queue[:0] = queue
-
-    def _new_queue(self) -> None:
-        self._queue = []
-        self._queue_lock = threading.Lock()
-        self._queue_changed = threading.Condition(self._queue_lock)
-        self._flusher = None
-        self._flusher_idle = False
-        self._closed = False
-        _QUEUES.add(self)
-
-    def _flush_when_due(self) -> None:
-        """The flusher thread: applies the queue once its oldest settlement waited FLUSH_SECONDS
-        and no transaction took it; ends when idle or closed."""
-        while True:
-            with self._queue_lock:
-                if not self._queue and not self._closed:
-                    self._flusher_idle = True
-                    self._queue_changed.wait(_FLUSHER_IDLE_SECONDS)
-                    self._flusher_idle = False
-                if self._closed or not self._queue:
-                    self._flusher = None
-                    return
-                wait = self._queue[0].queued + FLUSH_SECONDS - time.monotonic()
-                if wait > 0:
-                    self._queue_changed.wait(wait)
-                    continue
-            try:
-                self.flush()
-            except Exception as exc:  # retried a second later (or by the next transaction, or at close)
-                logger.warning("agentguard: could not apply queued settlements of %s: %s", self._path, exc)
-                with self._queue_lock:
-                    if not self._closed:
-                        self._queue_changed.wait(_FLUSHER_IDLE_SECONDS)
 
     def _expire(self, tx: _Tx) -> None:
         for hold_id, amount, expires_at, counters in tx.conn.execute(_EXPIRED, (tx.now,)).fetchall():
@@ -589,22 +453,3 @@ class SQLiteLedger(Ledger):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-
-
-def _forget_queues_in_child() -> None:
-    """A forked child starts with empty queues of its own: the parent applies what it queued."""
-    for ledger in list(_QUEUES):
-        ledger._new_queue()
-
-
-def _flush_at_exit() -> None:
-    for ledger in list(_QUEUES):
-        try:
-            ledger.flush()
-        except LedgerUnavailable as exc:
-            logger.error("agentguard: queued settlements of %s were not applied (their holds expire): %s",
-                         ledger.location, exc)
-
-
-os.register_at_fork(after_in_child=_forget_queues_in_child)
-atexit.register(_flush_at_exit)
