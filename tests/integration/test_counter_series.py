@@ -1,0 +1,84 @@
+"""``agentguard.cost`` and ``agentguard.decisions`` are observable counters whose totals the guard
+keeps itself: exact integer sums per attribute set, nothing lost past the cardinality limit."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.metrics import CallbackOptions
+
+from agentguard_otel.money import nano_to_usd
+from agentguard_otel.telemetry import COST_ATTRS, CounterSeries, Telemetry
+from tests.conftest import Telemetry as Otel
+
+
+def _observed(series: CounterSeries) -> dict[frozenset[tuple[str, object]], float]:
+    return {frozenset((o.attributes or {}).items()): o.value for o in series.observe(CallbackOptions())}
+
+
+def test_money_is_summed_in_nano_usd_and_reported_in_usd_once() -> None:
+    series = CounterSeries(("agentguard.team",), nano_to_usd)
+    for _ in range(10):
+        series.add(("eng",), 100_000_000)  # 0.1 USD: ten float additions of 0.1 give 0.9999999999999999
+    assert _observed(series) == {frozenset({("agentguard.team", "eng")}): 1.0}
+
+
+def test_an_absent_value_leaves_its_attribute_out() -> None:
+    series = CounterSeries(("agentguard.team", "agentguard.rule.id"))
+    series.add(("eng", None), 2)
+    series.add((None, "r1"), 3)
+    assert _observed(series) == {frozenset({("agentguard.team", "eng")}): 2,
+                                 frozenset({("agentguard.rule.id", "r1")}): 3}
+
+
+def test_sets_past_the_limit_add_to_the_overflow_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CounterSeries, "LIMIT", 2)
+    series = CounterSeries(("k",))
+    for value, amount in (("a", 1), ("b", 2), ("c", 4), ("a", 8), ("d", 16)):
+        series.add((value,), amount)
+    assert _observed(series) == {frozenset({("k", "a")}): 9, frozenset({("k", "b")}): 2,
+                                 frozenset({("otel.metric.overflow", True)}): 20}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", None]), st.sampled_from(["x", None]),
+                          st.integers(min_value=0, max_value=10**15)), max_size=60),
+       st.integers(min_value=0, max_value=4))
+def test_every_amount_is_reported_once(adds: list[tuple[str | None, str | None, int]], limit: int) -> None:
+    series = CounterSeries(("k", "m"))
+    series.LIMIT = limit  # type: ignore[misc]
+    expected: Counter[tuple[str | None, str | None]] = Counter()
+    for k, m, amount in adds:
+        series.add((k, m), amount)
+        expected[(k, m)] += amount
+    observed = series.observe(CallbackOptions())
+    assert sum(int(o.value) for o in observed) == sum(expected.values())
+    kept = [o for o in observed if o.attributes != CounterSeries.OVERFLOW]
+    assert len(kept) <= limit
+    for o in kept:
+        attrs = o.attributes or {}
+        assert o.value == expected[(attrs.get("k"), attrs.get("m"))]  # type: ignore[arg-type]
+
+
+def test_a_guard_built_again_on_the_same_meter_reports_through_the_first_counters(otel: Otel) -> None:
+    first = Telemetry(meter_provider=otel.meter_provider)
+    second = Telemetry(meter_provider=otel.meter_provider)
+    assert second.cost is first.cost and second.decisions is first.decisions
+    values = tuple("eng" if name == "agentguard.team" else None for name in COST_ATTRS)
+    first.cost.add(values, 1_500_000_000)
+    second.cost.add(values, 2_500_000_000)
+    (point,) = otel.metric_points("agentguard.cost")
+    assert point.value == 4.0 and dict(point.attributes) == {"agentguard.team": "eng"}
+
+
+def test_separate_meter_providers_keep_separate_counters(otel: Otel) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    other = Telemetry(meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    mine = Telemetry(meter_provider=otel.meter_provider)
+    assert other.decisions is not mine.decisions
+    other.decisions.add(("theirs",) + (None,) * (len(other.decisions.names) - 1), 1)
+    assert otel.metric_points("agentguard.decisions") == []
