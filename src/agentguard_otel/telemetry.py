@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
-from opentelemetry.metrics import CallbackOptions, Observation, get_meter
+from opentelemetry.metrics import CallbackOptions, Observation, get_meter, get_meter_provider
 
 # Bound here, at import: an application (or its tests) replacing these module functions changes
 # nothing of what the guard does (the global provider itself is still followed, see Telemetry.tracer).
@@ -170,8 +170,12 @@ COST_ATTRS = (*_SCOPE_ATTRS, "gen_ai.operation.name", "gen_ai.provider.name", "g
 
 # A meter returns the instrument it already has for a name, with the callbacks it was first given:
 # every Telemetry on one meter (a guard built again after uninstrument()) shares the series that
-# instrument's callbacks read, found here by the instrument.
+# instrument's callbacks read, found here by the instrument. Telemetry on the global meter provider
+# also find it by name: before a provider is set, each gets a proxy instrument of its own, and all of
+# them (and the instruments created once it is set) become the one instrument the first proxy made,
+# with the first one's callbacks (the global provider can be set only once).
 _SHARED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_GLOBAL: dict[str, Any] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -287,15 +291,16 @@ class Telemetry:
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        on_global = meter_provider is None or meter_provider is get_meter_provider()
         with _SHARED_LOCK:  # an instrument and the series its callbacks read are registered together
             self.cost = self._observed(meter.create_observable_counter, CounterSeries(COST_ATTRS, nano_to_usd),
-                                       "agentguard.cost", unit="USD",
+                                       on_global, "agentguard.cost", unit="USD",
                                        description="Actual cost of guarded calls, as settled.")
             self.decisions = self._observed(meter.create_observable_counter, CounterSeries(DECISION_ATTRS),
-                                            "agentguard.decisions", unit="{decision}",
+                                            on_global, "agentguard.decisions", unit="{decision}",
                                             description="Guard decisions by action.")
             self.budget = self._observed(
-                meter.create_observable_gauge, BudgetSeries(), "agentguard.budget.utilization",
+                meter.create_observable_gauge, BudgetSeries(), on_global, "agentguard.budget.utilization",
                 callback="utilization", unit="1",
                 description="Share of a cap's limit spent or held in its current window (0..1, may exceed 1).")
             meter.create_observable_gauge(
@@ -305,12 +310,20 @@ class Telemetry:
                             "tripped).")
 
     @staticmethod
-    def _observed(create: Callable[..., Any], series: _S, name: str, callback: str = "observe",
-                  **options: Any) -> _S:
-        """The series an observable instrument reports: ``series``, unless the meter already had
-        the instrument, whose callbacks read the series registered with it first."""
+    def _observed(create: Callable[..., Any], series: _S, on_global: bool, name: str,
+                  callback: str = "observe", **options: Any) -> _S:
+        """The series an observable instrument reports: ``series``, unless the instrument already
+        existed (see ``_SHARED``), whose callbacks read the series registered with it first."""
         instrument = create(name, callbacks=[getattr(series, callback)], **options)
-        return _SHARED.setdefault(instrument, series)  # type: ignore[no-any-return]
+        shared = _SHARED.get(instrument)
+        if shared is None and on_global:
+            shared = _GLOBAL.get(name)
+        if shared is None:
+            shared = series
+        _SHARED[instrument] = shared
+        if on_global:
+            _GLOBAL.setdefault(name, shared)
+        return shared
 
     @property
     def tracer(self) -> trace.Tracer:

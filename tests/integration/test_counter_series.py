@@ -82,3 +82,39 @@ def test_separate_meter_providers_keep_separate_counters(otel: Otel) -> None:
     assert other.decisions is not mine.decisions
     other.decisions.add(("theirs",) + (None,) * (len(other.decisions.names) - 1), 1)
     assert otel.metric_points("agentguard.decisions") == []
+
+
+_BEFORE_AND_AFTER_THE_GLOBAL_PROVIDER = """
+import json
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from agentguard_otel.telemetry import COST_ATTRS, BudgetReading, Telemetry
+
+early, second = Telemetry(), Telemetry()          # proxy instruments: no provider is set yet
+reader = InMemoryMetricReader()
+provider = MeterProvider(metric_readers=[reader])
+metrics.set_meter_provider(provider)
+late, explicit = Telemetry(), Telemetry(meter_provider=provider)
+values = (None,) * len(COST_ATTRS)
+for n, telemetry in enumerate((early, second, late, explicit)):
+    telemetry.cost.add(values, 10**9 * 2**n)
+    telemetry.on_adjustment([BudgetReading(f"c{n}", "r", "day", n, 10)])
+points = {m.name: [(p.value, dict(p.attributes)) for p in m.data.data_points]
+          for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+print(json.dumps(points))
+"""
+
+
+def test_every_guard_on_the_global_meter_provider_is_reported_set_before_or_after() -> None:
+    # Run alone: the global meter provider can be set once per process.
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _BEFORE_AND_AFTER_THE_GLOBAL_PROVIDER], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    points = json.loads(out)
+    assert points["agentguard.cost"] == [[15.0, {}]]
+    assert sorted(attrs["agentguard.counter"] for _, attrs in points["agentguard.budget.utilization"]) == [
+        "c0", "c1", "c2", "c3"]
