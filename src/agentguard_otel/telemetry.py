@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -86,6 +87,20 @@ class BudgetReading:
                 **{BAGGAGE_PREFIX + name: value for name, value in self.scope_labels}}
 
 
+# The series' locks, replaced in a forked child: a lock some other thread of the parent held at the
+# fork would otherwise stay held there for good, and the child's next call would hang in telemetry.
+_SERIES_LOCKED: weakref.WeakSet[BudgetSeries | CounterSeries] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for series in list(_SERIES_LOCKED):
+        series._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 class BudgetSeries:
     """The latest reading of each cap counter, which the budget gauges observe when metrics are
     collected: a call writes one dict entry per counter instead of recording two gauge points, and
@@ -97,6 +112,7 @@ class BudgetSeries:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latest: dict[str, BudgetReading] = {}
+        _SERIES_LOCKED.add(self)
 
     def update(self, readings: Sequence[BudgetReading]) -> None:
         with self._lock:
@@ -135,6 +151,7 @@ class CounterSeries:
         self._lock = threading.Lock()
         self._totals: dict[tuple[Any, ...], int] = {}
         self._overflow = 0
+        _SERIES_LOCKED.add(self)
 
     def add(self, values: tuple[Any, ...], amount: int) -> None:
         with self._lock:

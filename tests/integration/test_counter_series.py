@@ -3,6 +3,9 @@ keeps itself: exact integer sums per attribute set, nothing lost past the cardin
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections import Counter
 
 import pytest
@@ -118,3 +121,22 @@ def test_every_guard_on_the_global_meter_provider_is_reported_set_before_or_afte
     assert points["agentguard.cost"] == [[15.0, {}]]
     assert sorted(attrs["agentguard.counter"] for _, attrs in points["agentguard.budget.utilization"]) == [
         "c0", "c1", "c2", "c3"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_adds_while_a_parent_thread_held_the_lock() -> None:
+    series = CounterSeries(("k",))
+    series.add(("a",), 1)
+    with series._lock:  # another thread of the parent, mid-add, at the moment of the fork
+        pid = os.fork()
+        if pid == 0:  # the child: must not hang on the inherited lock
+            series.add(("a",), 2)
+            os._exit(0 if _observed(series) == {frozenset({("k", "a")}): 3} else 1)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the child hung on the lock the parent held at the fork")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
