@@ -16,6 +16,11 @@ the same SDK providers, whose exporters drop what they are given.
 Each agentguard call makes a reservation, signs a decision receipt, settles and signs a settlement
 receipt, and emits a span, metrics and log records.
 
+A last arm, ``telemetry-floor``, is the floor of the telemetry the design requires: it wraps the same
+SDK method and emits, through the same SDK providers, exactly the span, histogram points and log
+records one guarded call emitted (recorded from a real guarded call first), with nothing else: no
+pricing, ledger, receipt or policy. The guard cannot add less than it.
+
 ``--profile`` prints where the time of guarded calls goes (cProfile, our package's functions).
 
 Throughput: 16 threads calling the guard directly (decide + reserve + sign, then settle + sign),
@@ -42,12 +47,21 @@ from typing import Any
 
 import openai
 import wrapt
+from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    InMemoryLogRecordExporter,
+    LogRecordExporter,
+    LogRecordExportResult,
+    SimpleLogRecordProcessor,
+)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, set_span_in_context
 
 from agentguard_otel import AgentGuardInstrumentor, scope
 from agentguard_otel.call import LLMRequest, ResponseInfo
@@ -137,7 +151,7 @@ class Arms:
     def __init__(self, workdir: Path) -> None:
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 
-        providers = _providers()
+        providers = self._providers = _providers()
         self._bare: Patches = {}
         otel = OpenAIInstrumentor()
         # Installed and removed once first, so that every module it patches is imported before the
@@ -176,7 +190,56 @@ class Arms:
             yield
 
     def names(self) -> list[str]:
-        return ["bare", "otel-v2", *self.guards]
+        return ["bare", "otel-v2", *self.guards, *(["telemetry-floor"] if "telemetry-floor" in self.patches else [])]
+
+    def add_floor(self, call: Callable[[], None], workdir: Path) -> None:
+        """Record what one guarded call emits, then install the arm that emits only that."""
+        spans, logs = InMemorySpanExporter(), InMemoryLogRecordExporter()
+        tracer_provider, logger_provider = TracerProvider(), LoggerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+        logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+        reader = InMemoryMetricReader()
+        assert self._guard._settings is not None
+        recorder = _build_guard(dataclasses.replace(self._guard._settings, ledger="memory://",
+                                                    receipts=workdir / "receipts-recorded"),
+                                {"tracer_provider": tracer_provider, "logger_provider": logger_provider,
+                                 "meter_provider": MeterProvider(metric_readers=[reader])})
+        with _applied(self.patches["agentguard"], self._bare):
+            self._guard._guard = recorder
+            call()
+        (span,) = spans.get_finished_spans()
+        data = reader.get_metrics_data()
+        points = [(metric.name, point.sum, dict(point.attributes))
+                  for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics
+                  for metric in sm.metrics if metric.name.startswith("gen_ai.") for point in metric.data.data_points]
+        records = [(r.log_record.event_name, r.log_record.body, dict(r.log_record.attributes or {}))
+                   for r in logs.get_finished_logs()]
+        assert len(points) == 3 and len(records) == 2, (points, records)
+        providers = self._providers
+        tracer = providers["tracer_provider"].get_tracer("telemetry-floor")
+        meter = providers["meter_provider"].get_meter("telemetry-floor")
+        histograms = {name: meter.create_histogram(name) for name, _, _ in points}
+        logger = providers["logger_provider"].get_logger("telemetry-floor")
+        attributes = dict(span.attributes or {})
+
+        def emit_as_the_guard(wrapped: Callable[..., Any], _instance: Any, args: Any, kwargs: Any) -> Any:
+            started = time.perf_counter()
+            telemetry_span = tracer.start_span(span.name, kind=SpanKind.CLIENT, attributes=attributes)
+            context = set_span_in_context(telemetry_span)
+            result = wrapped(*args, **kwargs)
+            for name, value, point_attributes in points:
+                histograms[name].record(value if name != "gen_ai.client.operation.duration"
+                                        else time.perf_counter() - started, point_attributes)
+            for event_name, body, record_attributes in records:
+                logger.emit(LogRecord(timestamp=time.time_ns(), context=context,
+                                      severity_number=SeverityNumber.INFO, severity_text="INFO",
+                                      event_name=event_name, body=body, attributes=record_attributes))
+            telemetry_span.end()
+            return result
+
+        self.patches["telemetry-floor"] = _patches_of(lambda: wrapt.wrap_function_wrapper(
+            "openai.resources.chat.completions", "Completions.create", emit_as_the_guard), self._bare)
+        self._restore_bare()
 
 
 def _call(client: openai.OpenAI, stream: bool) -> Callable[[], None]:
@@ -293,6 +356,8 @@ def main() -> None:
     with _server() as base_url, tempfile.TemporaryDirectory() as tmp:
         arms = Arms(Path(tmp))
         client = openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+        with scope(team="eng", user="alice"):  # as every latency call runs
+            arms.add_floor(_call(client, False), Path(tmp))
         print(f"{args.rounds} blocks of {args.block} calls per arm, rotated; added over the bare SDK call")
         print()
         print("| call | arm | added wall (median) | added CPU (median) | wall ÷ otel-v2 | CPU ÷ otel-v2 |")
