@@ -17,11 +17,11 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
-from opentelemetry.metrics import CallbackOptions, Observation, get_meter, get_meter_provider
+from opentelemetry.metrics import CallbackOptions, Observation, get_meter
 
 # Bound here, at import: an application (or its tests) replacing these module functions changes
 # nothing of what the guard does (the global provider itself is still followed, see Telemetry.tracer).
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
-_S = TypeVar("_S")
 
 SEMCONV_VERSION = "1.41.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
@@ -87,20 +86,6 @@ class BudgetReading:
                 **{BAGGAGE_PREFIX + name: value for name, value in self.scope_labels}}
 
 
-# The series' locks, replaced in a forked child: a lock some other thread of the parent held at the
-# fork would otherwise stay held there for good, and the child's next call would hang in telemetry.
-_SERIES_LOCKED: weakref.WeakSet[BudgetSeries | CounterSeries] = weakref.WeakSet()
-
-
-def _new_locks_in_child() -> None:
-    for series in list(_SERIES_LOCKED):
-        series._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_locks_in_child)
-
-
 class BudgetSeries:
     """The latest reading of each cap counter, which the budget gauges observe when metrics are
     collected: a call writes one dict entry per counter instead of recording two gauge points, and
@@ -112,7 +97,7 @@ class BudgetSeries:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latest: dict[str, BudgetReading] = {}
-        _SERIES_LOCKED.add(self)
+        _LOCKED_SERIES.add(self)
 
     def update(self, readings: Sequence[BudgetReading]) -> None:
         with self._lock:
@@ -134,66 +119,24 @@ class BudgetSeries:
         return [Observation(STATES.index(r.state), r.labels) for r in self._readings()]
 
 
-class CounterSeries:
-    """Running totals of one counter per attribute set, which an observable counter reports when
-    metrics are collected: a call adds an integer to one dict entry instead of recording a
-    measurement (the SDK cleans, sorts and hashes every measurement's attributes), and money is
-    summed in integer nano-USD, converted to USD once per export. A set is the tuple of values of
-    ``names`` (``None``: attribute absent). Past ``LIMIT`` sets, new ones add to the SDK's overflow
-    set (``otel.metric.overflow``): a cumulative total can't be forgotten as a gauge reading can."""
-
-    LIMIT = 1999  # the SDK keeps 2000 attribute sets per instrument, one of them its overflow set
-    OVERFLOW: ClassVar[dict[str, bool]] = {"otel.metric.overflow": True}
-
-    def __init__(self, names: tuple[str, ...], export: Callable[[int], float] | None = None) -> None:
-        self.names = names
-        self._export = export  # how a total is reported (nano-USD as USD); as it is when None
-        self._lock = threading.Lock()
-        self._totals: dict[tuple[Any, ...], int] = {}
-        self._overflow = 0
-        _SERIES_LOCKED.add(self)
-
-    def add(self, values: tuple[Any, ...], amount: int) -> None:
-        with self._lock:
-            totals = self._totals
-            if values in totals:
-                totals[values] += amount
-            elif len(totals) < self.LIMIT:
-                totals[values] = amount
-            else:
-                self._overflow += amount
-
-    def _value(self, total: int) -> int | float:
-        return total if self._export is None else self._export(total)
-
-    def observe(self, _options: CallbackOptions) -> list[Observation]:
-        with self._lock:
-            totals, overflow = list(self._totals.items()), self._overflow
-        names = self.names
-        observed = [Observation(self._value(total),
-                                {name: value for name, value in zip(names, values, strict=True) if value is not None})
-                    for values, total in totals]
-        if overflow:
-            observed.append(Observation(self._value(overflow), self.OVERFLOW))
-        return observed
-
-
-_SCOPE_ATTRS = tuple(BAGGAGE_PREFIX + name for name in METRIC_SCOPE_FIELDS)
-DECISION_ATTRS = (*_SCOPE_ATTRS, "agentguard.decision.action", "gen_ai.provider.name", "gen_ai.request.model",
-                  "agentguard.rule.id")
-COST_ATTRS = (*_SCOPE_ATTRS, "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
-              "gen_ai.response.model", "server.address", "agentguard.cost.source",
-              "agentguard.provider_model_mismatch")
-
 # A meter returns the instrument it already has for a name, with the callbacks it was first given:
-# every Telemetry on one meter (a guard built again after uninstrument()) shares the series that
-# instrument's callbacks read, found here by the instrument. Telemetry on the global meter provider
-# also find it by name: before a provider is set, each gets a proxy instrument of its own, and all of
-# them (and the instruments created once it is set) become the one instrument the first proxy made,
-# with the first one's callbacks (the global provider can be set only once).
-_SHARED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_GLOBAL: dict[str, Any] = {}
-_SHARED_LOCK = threading.Lock()
+# every Telemetry on one meter (a guard built again after uninstrument()) shares that gauge's series.
+_SERIES: weakref.WeakKeyDictionary[Any, BudgetSeries] = weakref.WeakKeyDictionary()
+_SERIES_LOCK = threading.Lock()
+_LOCKED_SERIES: weakref.WeakSet[BudgetSeries] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    """In a forked child, fresh locks: one that another thread of the parent held at the fork would
+    stay held there for good, and the child's next guarded call (or guard) would hang in telemetry."""
+    global _SERIES_LOCK
+    _SERIES_LOCK = threading.Lock()
+    for series in list(_LOCKED_SERIES):
+        series._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 def contained(method: _F) -> _F:
@@ -308,39 +251,21 @@ class Telemetry:
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        on_global = meter_provider is None or meter_provider is get_meter_provider()
-        with _SHARED_LOCK:  # an instrument and the series its callbacks read are registered together
-            self.cost = self._observed(meter.create_observable_counter, CounterSeries(COST_ATTRS, nano_to_usd),
-                                       on_global, "agentguard.cost", unit="USD",
-                                       description="Actual cost of guarded calls, as settled.")
-            self.decisions = self._observed(meter.create_observable_counter, CounterSeries(DECISION_ATTRS),
-                                            on_global, "agentguard.decisions", unit="{decision}",
-                                            description="Guard decisions by action.")
-            self.budget = self._observed(
-                meter.create_observable_gauge, BudgetSeries(), on_global, "agentguard.budget.utilization",
-                callback="utilization", unit="1",
+        self.cost = meter.create_counter(
+            "agentguard.cost", unit="USD", description="Actual cost of guarded calls, as settled.")
+        self.decisions = meter.create_counter(
+            "agentguard.decisions", unit="{decision}", description="Guard decisions by action.")
+        series = BudgetSeries()
+        with _SERIES_LOCK:
+            utilization = meter.create_observable_gauge(
+                "agentguard.budget.utilization", callbacks=[series.utilization], unit="1",
                 description="Share of a cap's limit spent or held in its current window (0..1, may exceed 1).")
+            self.budget = _SERIES.setdefault(utilization, series)
             meter.create_observable_gauge(
                 "agentguard.budget.state", callbacks=[self.budget.states], unit="1",
                 description="A cap counter's state in its current window: 0 active, 1 warned (an alert_at "
                             "threshold reached), 2 degraded (a downgrade cap tripped), 3 stopped (a block cap "
                             "tripped).")
-
-    @staticmethod
-    def _observed(create: Callable[..., Any], series: _S, on_global: bool, name: str,
-                  callback: str = "observe", **options: Any) -> _S:
-        """The series an observable instrument reports: ``series``, unless the instrument already
-        existed (see ``_SHARED``), whose callbacks read the series registered with it first."""
-        instrument = create(name, callbacks=[getattr(series, callback)], **options)
-        shared = _SHARED.get(instrument)
-        if shared is None and on_global:
-            shared = _GLOBAL.get(name)
-        if shared is None:
-            shared = series
-        _SHARED[instrument] = shared
-        if on_global:
-            _GLOBAL.setdefault(name, shared)
-        return shared
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -414,8 +339,12 @@ class Telemetry:
         if decision.degraded:
             attributes["agentguard.degraded"] = True
         span.set_attributes(attributes)
-        self.decisions.add((*self._scope_values(scope), decision.action, request.provider, request.model,
-                            decision.rule_id), 1)
+        labels = self._scope_labels(scope)
+        labels.update({"agentguard.decision.action": decision.action, "gen_ai.provider.name": request.provider,
+                       "gen_ai.request.model": request.model})
+        if decision.rule_id is not None:
+            labels["agentguard.rule.id"] = decision.rule_id
+        self.decisions.add(1, labels)
 
     @contained
     def on_settlement(self, call: CallSpan, settled: Settled) -> None:
@@ -466,10 +395,11 @@ class Telemetry:
         if settled.error_type is not None:
             duration_attrs["error.type"] = settled.error_type
         self.duration.record(settled.duration_s, duration_attrs)
-        self.cost.add((*self._scope_values(settled.scope), request.operation, request.provider,
-                       decision.model_effective, info.response_model or None, request.server_address or None,
-                       settled.cost_source, True if settled.provider_model_mismatch else None),
-                      settled.actual_nano)
+        cost_attrs = {**self._scope_labels(settled.scope), **metric_attrs,
+                      "agentguard.cost.source": settled.cost_source}
+        if settled.provider_model_mismatch:
+            cost_attrs["agentguard.provider_model_mismatch"] = True
+        self.cost.add(nano_to_usd(settled.actual_nano), cost_attrs)
         self.budget.update(settled.budget)
         if settled.error_type is not None:
             status = f" (HTTP {settled.http_status})" if settled.http_status is not None else ""
@@ -526,8 +456,9 @@ class Telemetry:
         ))
 
     @staticmethod
-    def _scope_values(scope: Scope) -> tuple[Any, ...]:
-        return tuple(getattr(scope, name) for name in METRIC_SCOPE_FIELDS)
+    def _scope_labels(scope: Scope) -> dict[str, Any]:
+        return {BAGGAGE_PREFIX + name: value for name in METRIC_SCOPE_FIELDS
+                if (value := scope.get(name)) is not None}
 
     @staticmethod
     def _policy_id(receipt: Mapping[str, Any] | None) -> str:

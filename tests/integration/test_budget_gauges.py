@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 from opentelemetry.metrics import CallbackOptions
 
+from agentguard_otel import telemetry
 from agentguard_otel.telemetry import BudgetReading, BudgetSeries, Telemetry
 from tests.conftest import Telemetry as Otel
 
@@ -51,3 +56,25 @@ def test_the_series_forgets_the_counter_updated_longest_ago(monkeypatch: pytest.
     series.update([BudgetReading("a", "r", "day", 4, 10), BudgetReading("d", "r", "day", 2, 10)])
     observed = {str((o.attributes or {})["agentguard.counter"]): o.value for o in series.utilization(CallbackOptions())}
     assert observed == {"c": pytest.approx(0.1), "a": pytest.approx(0.4), "d": pytest.approx(0.2)}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.parametrize("held", ["series", "registry"])
+def test_a_forked_child_is_not_hung_by_a_lock_a_parent_thread_held(held: str, otel: Otel) -> None:
+    series = BudgetSeries()
+    lock = series._lock if held == "series" else telemetry._SERIES_LOCK
+    with lock:  # another thread of the parent, mid-update or mid-build, at the moment of the fork
+        pid = os.fork()
+        if pid == 0:  # the child: must not hang on the inherited lock
+            series.update([BudgetReading("c1", "r", "day", 3, 10)])
+            Telemetry(meter_provider=otel.meter_provider)
+            observed = [o.value for o in series.utilization(CallbackOptions())]
+            os._exit(0 if observed == [pytest.approx(0.3)] else 1)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the child hung on a lock the parent held at the fork")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
