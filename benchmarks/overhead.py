@@ -17,7 +17,7 @@ Each agentguard call makes a reservation, signs a decision receipt, settles and 
 receipt, and emits a span, metrics and log records.
 
 A last arm, ``telemetry-floor``, is the floor of the telemetry the design requires: it wraps the same
-SDK method and emits, through the same SDK providers, exactly the span, histogram points and log
+SDK method and emits, through the same SDK providers, exactly the span, metric measurements and log
 records one guarded call emitted (recorded from a real guarded call first), with nothing else: no
 pricing, ledger, receipt or policy. The guard cannot add less than it.
 
@@ -57,7 +57,7 @@ from opentelemetry.sdk._logs.export import (
     SimpleLogRecordProcessor,
 )
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import Histogram, InMemoryMetricReader, Sum
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -209,16 +209,22 @@ class Arms:
             call()
         (span,) = spans.get_finished_spans()
         data = reader.get_metrics_data()
-        points = [(metric.name, point.sum, dict(point.attributes))
+        # The measurements a call records: histogram points and counter increments (the budget
+        # gauges are observed at collection, not per call).
+        points = [(metric.name, isinstance(metric.data, Histogram),
+                   point.sum if isinstance(metric.data, Histogram) else point.value, dict(point.attributes),
+                   getattr(point, "explicit_bounds", None))
                   for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics
-                  for metric in sm.metrics if metric.name.startswith("gen_ai.") for point in metric.data.data_points]
+                  for metric in sm.metrics if isinstance(metric.data, (Histogram, Sum))
+                  for point in metric.data.data_points]
         records = [(r.log_record.event_name, r.log_record.body, dict(r.log_record.attributes or {}))
                    for r in logs.get_finished_logs()]
-        assert len(points) == 3 and len(records) == 2, (points, records)
+        assert len(points) == 5 and len(records) == 2, (points, records)
         providers = self._providers
         tracer = providers["tracer_provider"].get_tracer("telemetry-floor")
         meter = providers["meter_provider"].get_meter("telemetry-floor")
-        histograms = {name: meter.create_histogram(name) for name, _, _ in points}
+        instruments = {name: meter.create_histogram(name, explicit_bucket_boundaries_advisory=bounds)
+                       if histogram else meter.create_counter(name) for name, histogram, _, _, bounds in points}
         logger = providers["logger_provider"].get_logger("telemetry-floor")
         attributes = dict(span.attributes or {})
 
@@ -227,9 +233,13 @@ class Arms:
             telemetry_span = tracer.start_span(span.name, kind=SpanKind.CLIENT, attributes=attributes)
             context = set_span_in_context(telemetry_span)
             result = wrapped(*args, **kwargs)
-            for name, value, point_attributes in points:
-                histograms[name].record(value if name != "gen_ai.client.operation.duration"
-                                        else time.perf_counter() - started, point_attributes)
+            for name, histogram, value, point_attributes, _ in points:
+                if name == "gen_ai.client.operation.duration":
+                    value = time.perf_counter() - started
+                if histogram:
+                    instruments[name].record(value, point_attributes)
+                else:
+                    instruments[name].add(value, point_attributes)
             for event_name, body, record_attributes in records:
                 logger.emit(LogRecord(timestamp=time.time_ns(), context=context,
                                       severity_number=SeverityNumber.INFO, severity_text="INFO",
