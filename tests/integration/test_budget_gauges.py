@@ -65,11 +65,14 @@ def test_a_forked_child_is_not_hung_by_a_lock_a_parent_thread_held(held: str, ot
     lock = series._lock if held == "series" else telemetry._SERIES_LOCK
     with lock:  # another thread of the parent, mid-update or mid-build, at the moment of the fork
         pid = os.fork()
-        if pid == 0:  # the child: must not hang on the inherited lock
-            series.update([BudgetReading("c1", "r", "day", 3, 10)])
-            Telemetry(meter_provider=otel.meter_provider)
-            observed = [o.value for o in series.utilization(CallbackOptions())]
-            os._exit(0 if observed == [pytest.approx(0.3)] else 1)
+        if pid == 0:  # the child: must not hang on the inherited lock, and never returns to pytest
+            code = 1
+            try:
+                series.update([BudgetReading("c1", "r", "day", 3, 10)])
+                Telemetry(meter_provider=otel.meter_provider)
+                code = 0 if [o.value for o in series.utilization(CallbackOptions())] == [pytest.approx(0.3)] else 1
+            finally:
+                os._exit(code)
     deadline = time.monotonic() + 20
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
