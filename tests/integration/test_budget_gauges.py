@@ -58,7 +58,6 @@ def test_the_series_forgets_the_counter_updated_longest_ago(monkeypatch: pytest.
     assert observed == {"c": pytest.approx(0.1), "a": pytest.approx(0.4), "d": pytest.approx(0.2)}
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 @pytest.mark.parametrize("held", ["series", "registry"])
 def test_a_forked_child_is_not_hung_by_a_lock_a_parent_thread_held(held: str, otel: Otel) -> None:
     series = BudgetSeries()
